@@ -1,0 +1,119 @@
+"""Pretrained-model directories: ``config.json`` + ``model.safetensors``, never pickle.
+
+Every model this package saves (entropy model, BLT, BPE baseline) writes the same two files; the JSON names
+the model ``kind`` so a loader can refuse a checkpoint of another kind with a clear message. Weights in a
+pickle file (``.bin``/``.pt``) are read only with ``torch.load(weights_only=True)``, which executes no code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "model.pth")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, of the wrong kind, or does not fit its model."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder and rename, so a crash leaves no half file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_pretrained(directory: str | Path, module: nn.Module, kind: str, config: dict[str, Any]) -> Path:
+    """Write ``module``'s weights and ``{"kind": kind, "config": config}`` to ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses tensors that share storage; clone so tied or sliced weights save cleanly
+    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"kind": kind}))
+    text = json.dumps({"kind": kind, "config": config}, indent=2)
+    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint directory, with clear errors for what is missing."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise CheckpointError(f"checkpoint path does not exist: {directory}")
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint must be a directory with {CONFIG_NAME} and {WEIGHTS_NAME}: {directory}")
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no {CONFIG_NAME} in checkpoint directory {directory}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def checkpoint_kind(config: dict[str, Any]) -> str:
+    """``kind`` of one of our checkpoints, ``"hf-blt"`` for a transformers BLT, else ``"unknown"``."""
+    if "kind" in config:
+        return str(config["kind"])
+    if config.get("model_type") == "blt":
+        return "hf-blt"
+    return "unknown"
+
+
+def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint: safetensors if present, else a pickle file read with ``weights_only=True``."""
+    directory = Path(directory)
+    path = directory / WEIGHTS_NAME
+    if path.is_file():
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    for name in PICKLE_NAMES:
+        path = directory / name
+        if path.is_file():
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - any unpickling failure means we refuse the file
+                raise CheckpointError(
+                    f"refusing {path}: it is not a plain tensor checkpoint loadable with weights_only=True ({e})"
+                ) from None
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise CheckpointError(f"{path} does not hold a flat dict of tensors")
+            return state
+    raise CheckpointError(f"no {WEIGHTS_NAME} in checkpoint directory {directory}")
+
+
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load ``state`` strictly; the first missing, unexpected or mis-shaped key is named in the error."""
+    own = module.state_dict()
+    for key, tensor in own.items():
+        if key not in state:
+            raise CheckpointError(f"{source}: missing tensor '{key}' (expected shape {tuple(tensor.shape)})")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{source}: tensor '{key}' has shape {tuple(state[key].shape)}, the config needs {tuple(tensor.shape)}"
+            )
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise CheckpointError(f"{source}: unexpected tensor '{extra[0]}' that the config has no place for")
+    module.load_state_dict(state, strict=True)

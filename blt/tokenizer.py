@@ -1,0 +1,58 @@
+"""The BLT byte vocabulary: byte ``b`` is id ``b + 4``; ids 0-3 are special.
+
+The layout matches the released BLT models so checkpoints interoperate:
+0 = BOE / padding, 1 = BOS, 2 = EOS, 3 = BPE delimiter, 4..259 = bytes 0..255.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+BOE_ID = PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 2
+BPE_ID = 3
+OFFSET = 4
+VOCAB_SIZE = 256 + OFFSET
+
+
+def encode(text: str | bytes, add_bos: bool = True, add_eos: bool = False) -> list[int]:
+    """Ids of ``text`` (str is UTF-8 encoded; bytes are used as they are)."""
+    if isinstance(text, str):
+        data = text.encode("utf-8")
+    elif isinstance(text, (bytes, bytearray, memoryview)):
+        data = bytes(text)
+    else:
+        raise TypeError(f"encode takes str or bytes, got {type(text).__name__}")
+    ids = (np.frombuffer(data, dtype=np.uint8).astype(np.int64) + OFFSET).tolist()
+    return ([BOS_ID] if add_bos else []) + ids + ([EOS_ID] if add_eos else [])
+
+
+def check_ids(ids: torch.Tensor | np.ndarray | Iterable[int], vocab_size: int = VOCAB_SIZE) -> None:
+    """Raise ValueError naming the first id outside ``0..vocab_size-1``."""
+    if isinstance(ids, torch.Tensor):
+        arr = ids.detach().cpu().numpy().reshape(-1)
+    else:
+        arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids)).reshape(-1)
+    bad = np.flatnonzero((arr < 0) | (arr >= vocab_size))
+    if bad.size:
+        raise ValueError(
+            f"id {int(arr[bad[0]])} at flat position {int(bad[0])} is outside the byte vocabulary 0..{vocab_size - 1}"
+        )
+
+
+def decode(ids: torch.Tensor | Iterable[int]) -> bytes:
+    """The bytes behind ``ids``; special ids (BOS, EOS, padding, delimiter) are dropped."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.reshape(-1).tolist()
+    ids = list(ids)
+    check_ids(ids)
+    return bytes(i - OFFSET for i in ids if i >= OFFSET)
+
+
+def decode_text(ids: torch.Tensor | Iterable[int], errors: str = "replace") -> str:
+    """Text behind ``ids``; bytes that are not valid UTF-8 are handled by ``errors`` (default: replaced)."""
+    return decode(ids).decode("utf-8", errors=errors)
