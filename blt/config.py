@@ -372,3 +372,10 @@ class BLTConfig:
     def __post_init__(self) -> None:
         check(self.cross_attn_k > 0, f"cross_attn_k must be > 0, got {self.cross_attn_k}")
         check(self.vocab_size > 0, f"vocab_size must be positive, got {self.vocab_size}")
+
+
+@dataclass
+class BaselineConfig(TransformerConfig):
+    """Tokenized baseline: a Llama-style transformer over a SentencePiece BPE vocabulary."""
+
+    vocab_size: int = doc("SentencePiece BPE vocabulary size (byte fallback included)", 4096)
