@@ -1,1 +1,29 @@
-"""(in progress)"""
+"""Evaluation: FLOPs per byte, bits per byte, comparison of trained runs.
+
+- ``blt.eval.flops``: forward and training FLOPs per byte of BLT, entropy and tokenized models;
+- ``blt.eval.loading``: load any checkpoint directory (ours or a transformers BLT);
+- ``blt.eval.bpb``: bits per byte of raw text, scored in windows so every byte is predicted once;
+- ``blt.eval.compare``: Markdown table and plots over training run directories.
+
+Submodules are imported on first use so ``import blt.eval`` stays cheap (no torch, no matplotlib).
+"""
+
+from importlib import import_module
+
+_LAZY = {
+    "load_model": "blt.eval.loading",
+    "evaluate": "blt.eval.bpb",
+    "compare_runs": "blt.eval.compare",
+    "blt_flops_per_byte": "blt.eval.flops",
+    "entropy_flops_per_byte": "blt.eval.flops",
+    "tokenized_flops_per_byte": "blt.eval.flops",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'blt.eval' has no attribute {name!r}")
+
+
+__all__ = ["compare_runs", "evaluate", "load_model"]

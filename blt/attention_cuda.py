@@ -1,0 +1,101 @@
+"""CUDA attention back-ends behind :func:`blt.attention.causal_attention`: flex_attention and xformers.
+
+Both compute exactly the mask of :func:`blt.attention.attention_mask` (causal by position, optional sliding
+window, optional segments). Only the mask construction runs on the CPU (tested there); the kernels need CUDA.
+
+xformers takes structured masks: bottom-right causal (queries continuing a KV cache) and block-diagonal
+(packed segments, one block per run of equal segment ids). Segment runs assume positions that step by one
+inside each run, which is how packed rows are built; other inputs get a dense bias with the same mask.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from blt.attention import attention_mask
+
+
+def flex_mask_mod(
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    window: int | None,
+    q_seg: torch.Tensor | None,
+    k_seg: torch.Tensor | None,
+    batch: int,
+):
+    """The flex_attention ``mask_mod(b, h, q_idx, kv_idx)`` of our mask (positions [T] or [B, T])."""
+    qp = q_pos.expand(batch, -1) if q_pos.dim() == 1 else q_pos  # [B, Tq]
+    kp = k_pos.expand(batch, -1) if k_pos.dim() == 1 else k_pos  # [B, Tk]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        q, k = qp[b, q_idx], kp[b, kv_idx]
+        allowed = k <= q
+        if window is not None:
+            allowed = allowed & (k > q - window)
+        if q_seg is not None and k_seg is not None:
+            allowed = allowed & (q_seg[b, q_idx] == k_seg[b, kv_idx])
+        return allowed
+
+    return mask_mod
+
+
+def flex_causal_attention(q, k, v, q_pos, k_pos, window=None, q_seg=None, k_seg=None) -> torch.Tensor:
+    """q, k, v: [B, H, T, D] (CUDA) -> [B, H, Tq, D]."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, _, Tq, _ = q.shape
+    mask_mod = flex_mask_mod(q_pos, k_pos, window, q_seg, k_seg, B)
+    block_mask = create_block_mask(mask_mod, B, None, Tq, k.shape[2], device=q.device)
+    return flex_attention(q, k, v, block_mask=block_mask)
+
+
+def _runs(segments: torch.Tensor) -> list[int]:
+    """Lengths of the runs of equal ids in each row of segments [B, T], rows concatenated."""
+    out = []
+    for row in segments.tolist():
+        start = 0
+        for i in range(1, len(row) + 1):
+            if i == len(row) or row[i] != row[i - 1]:
+                out.append(i - start)
+                start = i
+    return out
+
+
+def xformers_bias(q_pos, k_pos, window, q_seg, k_seg, batch: int, dtype=torch.float32):
+    """(attn_bias, flatten) for xformers: a mask class where one fits, else a dense additive bias.
+
+    ``flatten`` says the batch must be folded into one sequence (block-diagonal masks work that way).
+    """
+    from xformers.ops import fmha
+
+    Tq, Tk = q_pos.shape[-1], k_pos.shape[-1]
+    one_d = q_pos.dim() == 1 and k_pos.dim() == 1
+    if q_seg is None and one_d and Tq <= Tk:
+        # a chunk continuing a cache: contiguous positions, queries aligned with the last keys
+        expected = torch.arange(int(k_pos[0]), int(k_pos[0]) + Tk, device=k_pos.device)
+        if torch.equal(k_pos, expected) and torch.equal(q_pos, k_pos[Tk - Tq :]):
+            if window is None:
+                return fmha.attn_bias.LowerTriangularFromBottomRightMask(), False
+            return fmha.attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(window), False
+    if q_seg is not None and Tq == Tk and torch.equal(q_seg, k_seg) and (one_d or torch.equal(q_pos, k_pos)):
+        mask = fmha.attn_bias.BlockDiagonalCausalMask.from_seqlens(_runs(q_seg))
+        return (mask if window is None else mask.make_local_attention(window)), True
+    dense = attention_mask(q_pos, k_pos, window, q_seg, k_seg).expand(batch, 1, Tq, Tk)
+    # xformers wants the bias rows 8-aligned in memory: allocate padded keys, then slice them off
+    padded = torch.zeros(batch, 1, Tq, -(-Tk // 8) * 8, dtype=dtype, device=dense.device)
+    return padded[..., :Tk].masked_fill(~dense, float("-inf")), False
+
+
+def xformers_causal_attention(q, k, v, q_pos, k_pos, window=None, q_seg=None, k_seg=None) -> torch.Tensor:
+    """q, k, v: [B, H, T, D] (CUDA) -> [B, H, Tq, D] via xformers' memory-efficient attention."""
+    from xformers.ops import memory_efficient_attention
+
+    B, H, Tq, D = q.shape
+    bias, flatten = xformers_bias(q_pos, k_pos, window, q_seg, k_seg, B, q.dtype)
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # xformers layout [B, T, H, D]
+    if flatten:
+        q, k, v = (x.reshape(1, -1, H, D) for x in (q, k, v))
+    elif isinstance(bias, torch.Tensor):
+        bias = bias.expand(B, H, Tq, k.shape[1])
+    out = memory_efficient_attention(q, k, v, attn_bias=bias)
+    return out.reshape(B, Tq, H, D).transpose(1, 2)

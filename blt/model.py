@@ -1,0 +1,338 @@
+"""The Byte Latent Transformer: bytes -> patches -> latent transformer -> bytes.
+
+1. Local encoder: byte + hash n-gram embeddings, windowed self-attention layers over bytes; each patch is
+   the max-pool of its byte states, projected to ``cross_attn_k`` query rows that cross-attend to the
+   patch's own bytes.
+2. Global transformer: causal transformer over the patch sequence, once per patch.
+3. Local decoder: every byte cross-attends to the global output of the last patch closed before it, then
+   windowed byte-level layers, a final norm and the 260-way head.
+
+Numerically this is transformers' ``BltForCausalLM``, including two of its quirks that the released
+checkpoints were converted under: the patch cross-attention adds its residual twice (once inside the
+attention, once outside), and with ``cross_attn_all_layers`` the encoder rebuilds the patch states after
+every layer so only the last layer's cross-attention reaches the output.
+
+Byte t's decoder reads the patch that ends at t when one ends there, else the patch before its own. Patch
+boundaries at t depend only on bytes before t, so the logits at t never change when bytes are appended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from blt import kernels as ops  # byte<->patch operations (BLT_KERNELS=reference: plain blt.patch_ops)
+from blt import patch_ops
+from blt.checkpoint import CheckpointError, checkpoint_kind, load_state, read_config, read_weights, save_pretrained
+from blt.config import BLTConfig, ConfigError, LocalDecoderConfig, LocalEncoderConfig, TransformerConfig, check
+from blt.config import from_dict, to_dict
+from blt.layers import KVCache, RMSNorm, Transformer, init_weights
+from blt.tokenizer import check_ids
+
+KIND = "blt"
+
+
+@dataclass
+class BLTOutput:
+    logits: torch.Tensor  # [B, T, vocab] float32
+    patch_lengths: torch.Tensor  # [B, P] the patches used, rows right-padded with 0
+
+
+class CrossAttention(nn.Module):
+    """Queries attend to keys/values of another sequence through a patch mask; RMSNorm on both inputs."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.q_norm = RMSNorm(config.dim, config.norm_eps)
+        self.k_norm = RMSNorm(config.dim, config.norm_eps)
+        self.q_proj = nn.Linear(config.dim, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.dim, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.dim, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, attend, patch_ids: torch.Tensor, k_rep: int):
+        """x [B, Tq, D], memory [B, Tk, D]; ``attend`` is a patch_ops attention -> x + attention [B, Tq, D]."""
+        B, Tq, _ = x.shape
+        q = self.q_proj(self.q_norm(x)).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
+        m = self.k_norm(memory)
+        k = self.k_proj(m).view(B, -1, self.n_kv, self.head_dim).transpose(1, 2)
+        v = self.v_proj(m).view(B, -1, self.n_kv, self.head_dim).transpose(1, 2)
+        if self.n_kv != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
+        y = attend(q, k, v, patch_ids, k_rep)  # [B, H, Tq, Dh]
+        return x + self.o_proj(y.transpose(1, 2).reshape(B, Tq, -1))
+
+
+class LocalEncoder(nn.Module):
+    def __init__(self, config: LocalEncoderConfig, vocab_size: int, k_rep: int, backend: str = "sdpa"):
+        super().__init__()
+        self.config, self.k_rep = config, k_rep
+        self.n_tables = config.hash_functions * len(config.hash_ngram_sizes)
+        self.embed_tokens = nn.Embedding(vocab_size, config.dim)
+        # one table for every (hash function, n-gram size), concatenated (the released layout)
+        self.hash_embeddings = nn.Embedding(self.n_tables * config.hash_vocab, config.dim) if self.n_tables else None
+        self.transformer = Transformer(config, backend)
+        self.patch_embedding_projection = nn.Linear(config.dim, config.dim * k_rep, bias=False)
+        n_cross = config.n_layers if config.cross_attn_all_layers else 1
+        self.cross_attn_layers = nn.ModuleList(CrossAttention(config) for _ in range(n_cross))
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [B, T] -> byte + hash n-gram embeddings [B, T, D] (n-grams reach back over earlier ids)."""
+        if self.hash_embeddings is None:
+            return self.embed_tokens(ids)
+        c = self.config
+        return ops.hash_embedding(
+            ids, self.embed_tokens.weight, self.hash_embeddings.weight, c.hash_ngram_sizes, c.hash_functions, c.hash_vocab
+        )
+
+    def bytes(self, x: torch.Tensor, positions=None, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """Byte states [B, T, D] from embeddings x [B, T, D]; they do not depend on the patching."""
+        return self.transformer(x, positions, cache)
+
+    def patches(self, h: torch.Tensor, patch_ids: torch.Tensor, num_patches: int) -> torch.Tensor:
+        """Patch states [B, P, D * k_rep] from byte states h [B, T, D]."""
+        B, D = h.shape[0], h.shape[-1]
+        pooled = ops.patch_pool(h, patch_ids, num_patches, "max")
+        queries = self.patch_embedding_projection(pooled).reshape(B, num_patches * self.k_rep, D)
+        # the released models' quirk: the attention's own residual plus this one (see the module docstring)
+        out = queries + self.cross_attn_layers[-1](queries, h, ops.patch_query_attention, patch_ids, self.k_rep)
+        return out.reshape(B, num_patches, D * self.k_rep)
+
+
+class GlobalTransformer(nn.Module):
+    def __init__(self, config: TransformerConfig, input_dim: int, backend: str = "sdpa"):
+        super().__init__()
+        # the released 1B model feeds encoder patches straight in; wider globals need a projection
+        self.token_embedding_projection = (
+            nn.Linear(input_dim, config.dim, bias=False) if input_dim != config.dim else None
+        )
+        self.transformer = Transformer(config, backend)
+
+    def forward(self, patches: torch.Tensor, positions=None, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """patches [B, P, D_enc * k] -> latent states [B, P, D_global]."""
+        x = patches if self.token_embedding_projection is None else self.token_embedding_projection(patches)
+        return self.transformer(x, positions, cache)
+
+
+class LocalDecoder(nn.Module):
+    def __init__(self, config: LocalDecoderConfig, vocab_size: int, global_dim: int, k_rep: int, backend="sdpa"):
+        super().__init__()
+        self.config, self.k_rep = config, k_rep
+        self.patch_embedding_projection = nn.Linear(global_dim, config.dim * k_rep, bias=False)
+        n_cross = config.n_layers if config.cross_attn_all_layers else 1
+        self.cross_attn_layers = nn.ModuleList(CrossAttention(config) for _ in range(n_cross))
+        self.transformer = Transformer(config, backend)
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.lm_head = nn.Linear(config.dim, vocab_size, bias=False)
+
+    def patch_rows(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent patch states [B, P, D_global] -> the key/value rows [B, P * k_rep, D] bytes attend to."""
+        B, P, _ = latent.shape
+        return self.patch_embedding_projection(latent).reshape(B, P * self.k_rep, self.config.dim)
+
+    def forward(self, h, rows, patch_ids, positions=None, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """h [B, T, D] byte states, rows [B, P*k, D], patch_ids [B, T] (row group per byte) -> logits."""
+        stack = self.transformer
+        if positions is None:
+            start = int(cache[0].pos[-1]) + 1 if cache and len(cache[0]) else 0
+            positions = torch.arange(start, start + h.shape[1], device=h.device)
+        cos, sin = stack.rotary(positions)
+        for i, layer in enumerate(stack.layers):
+            if i < len(self.cross_attn_layers):
+                # quirk of the released models: the attention's own residual plus this one
+                h = h + self.cross_attn_layers[i](h, rows, ops.byte_query_attention, patch_ids, self.k_rep)
+            h = layer(h, cos, sin, positions, cache[i] if cache is not None else None)
+        return self.lm_head(self.norm(h)).float()
+
+
+def check_blt_config(config: BLTConfig) -> None:
+    """Shape constraints between the parts that the dataclasses cannot check one by one."""
+    check(config.encoder.n_layers >= 1, "encoder.n_layers must be >= 1 (patches are read from its last layer)")
+    check(config.decoder.n_layers >= 1, "decoder.n_layers must be >= 1 (its first layer cross-attends to patches)")
+    check(
+        config.decoder.dim == config.encoder.dim,
+        f"decoder.dim ({config.decoder.dim}) must equal encoder.dim ({config.encoder.dim}): "
+        "the decoder starts from the encoder's byte states",
+    )
+
+
+class BLT(nn.Module):
+    """Byte Latent Transformer; ``patcher`` (frozen EntropyModel) exists iff ``config.entropy_model`` is set."""
+
+    def __init__(self, config: BLTConfig, backend: str = "sdpa"):
+        super().__init__()
+        check_blt_config(config)
+        self.config = config
+        k = config.cross_attn_k
+        self.encoder = LocalEncoder(config.encoder, config.vocab_size, k, backend)
+        self.global_transformer = GlobalTransformer(config.global_transformer, config.encoder.dim * k, backend)
+        self.decoder = LocalDecoder(config.decoder, config.vocab_size, config.global_transformer.dim, k, backend)
+        init_weights(self)
+        self.patcher = None
+        if config.entropy_model is not None:
+            from blt.patcher import EntropyModel
+
+            self.patcher = EntropyModel(config.entropy_model, backend)
+            self.patcher.requires_grad_(False)
+            self.patcher.eval()
+
+    def train(self, mode: bool = True) -> BLT:
+        super().train(mode)
+        if self.patcher is not None:
+            self.patcher.eval()  # frozen: no dropout, ever
+        return self
+
+    # ------------------------------------------------------------------------------------------------------
+    # input checks and patching
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            raise ValueError(f"ids must be a [batch, time] tensor, got {getattr(ids, 'shape', type(ids).__name__)}")
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(f"ids must be an integer tensor, got dtype {ids.dtype}")
+        if ids.numel() == 0:
+            raise ValueError(f"empty input: ids has shape {tuple(ids.shape)}; need at least one id per row")
+        check_ids(ids, self.config.vocab_size)
+        limit = min(self.config.encoder.max_seq_len, self.config.decoder.max_seq_len)
+        if ids.shape[1] > limit:
+            raise ValueError(f"sequence of {ids.shape[1]} ids is longer than the configured maximum of {limit}")
+
+    def check_patch_lengths(self, lengths: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Validate caller-given patch lengths [B, P] against ids [B, T]; returns them as int64."""
+        B, T = ids.shape
+        if not isinstance(lengths, torch.Tensor) or lengths.dim() != 2:
+            raise ValueError(f"patch_lengths must be a [batch, patches] tensor, got {getattr(lengths, 'shape', lengths)}")
+        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+            raise ValueError(f"patch_lengths must be an integer tensor, got dtype {lengths.dtype}")
+        if lengths.shape[0] != B:
+            raise ValueError(f"patch_lengths has {lengths.shape[0]} rows but ids has {B}")
+        if lengths.shape[1] == 0:
+            raise ValueError("patch_lengths has no patches")
+        lengths = lengths.long().to(ids.device)
+        if (lengths < 0).any():
+            row, col = (lengths < 0).nonzero()[0].tolist()
+            raise ValueError(f"patch_lengths[{row}, {col}] = {int(lengths[row, col])} is negative")
+        sums = lengths.sum(-1)
+        if (sums != T).any():
+            row = int((sums != T).nonzero()[0])
+            raise ValueError(f"patch_lengths row {row} sums to {int(sums[row])}, but the sequence has {T} ids")
+        # zeros are right padding only: an empty patch inside a row would shift the decoder's patch ids
+        nonzero = lengths > 0
+        if (nonzero[:, 1:] & ~nonzero[:, :-1]).any():
+            row = int((nonzero[:, 1:] & ~nonzero[:, :-1]).any(-1).nonzero()[0])
+            raise ValueError(f"patch_lengths row {row} has an empty patch before a non-empty one (pad on the right)")
+        if lengths.shape[1] > self.config.global_transformer.max_seq_len:
+            raise ValueError(
+                f"{lengths.shape[1]} patches exceed global_transformer.max_seq_len "
+                f"({self.config.global_transformer.max_seq_len})"
+            )
+        return lengths
+
+    @torch.no_grad()
+    def compute_patches(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patching of ids [B, T] under ``config.patching`` (entropies from the bundled patcher).
+
+        Returns lengths [B, P] (rows right-padded with 0, summing to T) and ``next_starts`` [B]: whether
+        position T would start a patch. Every scheme decides position t from positions before t, so this is
+        known from ids alone; it tells the decoder whether the last byte closes its patch.
+        """
+        from blt.patcher.schemes import ENTROPY_SCHEMES, lengths_from_starts, patch_starts, split_long_patches
+
+        patching = self.config.patching
+        if self.patcher is None and patching.scheme in ENTROPY_SCHEMES:
+            raise ConfigError(
+                f"patching scheme {patching.scheme!r} needs an entropy model: set config.entropy_model "
+                "(bundled patcher) or pass patch_lengths"
+            )
+        placeholder = ids.new_zeros(ids.shape[0], 1)  # stands in for position T, which no rule reads
+        entropies = None
+        if self.patcher is not None:
+            entropies = torch.cat([self.patcher.entropies(ids), placeholder.float()], dim=1)
+        starts = patch_starts(torch.cat([ids, placeholder], dim=1), patching, entropies)  # [B, T + 1]
+        if patching.max_patch_length is not None:
+            starts = split_long_patches(starts, patching.max_patch_length)
+        return lengths_from_starts(starts[:, :-1]), starts[:, -1]
+
+    # ------------------------------------------------------------------------------------------------------
+    # forward
+
+    def forward(self, ids: torch.Tensor, patch_lengths: torch.Tensor | None = None) -> BLTOutput:
+        """ids [B, T] -> logits [B, T, vocab]; patches from ``patch_lengths`` [B, P] or the configured patching.
+
+        Caller-given lengths are taken as they are (the last byte then reads the patch before its own).
+        """
+        self.check_ids(ids)
+        T = ids.shape[1]
+        next_starts = None
+        if patch_lengths is None:
+            patch_lengths, next_starts = self.compute_patches(ids)
+        lengths = self.check_patch_lengths(patch_lengths, ids)
+        P = lengths.shape[1]
+
+        h = self.encoder.bytes(self.encoder.embed(ids))  # [B, T, De]
+        patches = self.encoder.patches(h, patch_ops.patch_ids_from_lengths(lengths, T), P)  # [B, P, De*k]
+        latent = self.global_transformer(patches)  # [B, P, Dg]
+        logits = self.decoder(h, self.decoder.patch_rows(latent), decoder_patch_ids(lengths, T, next_starts))
+        return BLTOutput(logits=logits, patch_lengths=lengths)
+
+    # ------------------------------------------------------------------------------------------------------
+    # generation and checkpoints
+
+    def generate(self, prompt, max_new_bytes: int = 128, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, stop: bytes | None = None, seed: int | None = None,
+                 use_cache: bool = True):
+        """Sample a continuation of ``prompt``; see :func:`blt.generate.generate`."""
+        from blt.generate import generate
+
+        return generate(self, prompt, max_new_bytes, temperature, top_k, top_p, stop, seed, use_cache)
+
+    def save_pretrained(self, directory: str | Path, format: str = "blt") -> Path:
+        """Write safetensors + JSON config: our layout (``"blt"``) or transformers' (``"hf"``)."""
+        if format == "hf":
+            from blt.hf import save_hf
+
+            return save_hf(self, directory)
+        if format != "blt":
+            raise ValueError(f"unknown checkpoint format {format!r}; choose 'blt' or 'hf'")
+        return save_pretrained(directory, self, KIND, to_dict(self.config))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, backend: str = "sdpa") -> BLT:
+        """Load our ``blt`` checkpoint or a transformers BLT directory; the model comes back in eval mode."""
+        data = read_config(directory)
+        kind = checkpoint_kind(data)
+        if kind == "hf-blt":
+            from blt.hf import load_hf
+
+            return load_hf(directory, data, backend).eval()
+        if kind != KIND:
+            raise CheckpointError(f"{directory} holds a checkpoint of kind {kind!r}, not a BLT ({KIND!r} or transformers)")
+        if not isinstance(data.get("config"), dict):
+            raise CheckpointError(f"{directory}: config.json has no 'config' section")
+        try:
+            config = from_dict(BLTConfig, data["config"])
+            model = cls(config, backend)
+        except ConfigError as e:
+            raise CheckpointError(f"{directory}: bad BLT config: {e}") from None
+        load_state(model, read_weights(directory), str(directory))
+        return model.eval()
+
+
+def decoder_patch_ids(lengths: torch.Tensor, seq_len: int, next_starts: torch.Tensor | None = None) -> torch.Tensor:
+    """Latent patch each byte's decoder reads [B, T]: the last patch closed at or before it.
+
+    Byte t reads patch ``pid(t + 1) - 1``: its own patch when the next byte starts a new one, else the one
+    before (a byte in the first patch reads patch 0). For the last byte, ``next_starts`` [B] says whether
+    position T starts a patch (unknown: no). With a BOS-only first patch this is transformers'
+    ``patch_ids(patch_lengths[:, 1:])``, its trailing empty patch marking ``next_starts``.
+    """
+    pid = patch_ops.patch_ids_from_lengths(lengths, seq_len)  # [B, T]
+    last = pid[:, -1:] - 1
+    if next_starts is not None:
+        last = last + next_starts.long().unsqueeze(-1)
+    return torch.cat([pid[:, 1:] - 1, last], dim=1).clamp(min=0)

@@ -1,0 +1,174 @@
+"""``train.py`` / ``blt-train``: train the entropy model, the BLT or the tokenized baseline.
+
+    python train.py {entropy,blt,baseline} [--config FILE] [--section.key value ...]
+                    [--resume PATH|last] [--entropy_checkpoint DIR] [--print_config] [--help]
+
+Conventions of LightningCLI without its dependencies: a YAML file of sections (``data``, ``entropy``,
+``blt``, ``baseline``, ``optim``, ``trainer``) overridden by ``--section.key value``; ``--print_config``
+prints the merged YAML and exits; ``--help`` lists every field with its documentation. ``blt`` without
+``--entropy_checkpoint`` first trains an entropy model into ``<run dir>/entropy``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+from lightning.pytorch.utilities import rank_zero_only
+
+from blt.checkpoint import CheckpointError, read_config
+from blt.config import ConfigError, describe, to_dict
+from blt.data import iter_documents
+from blt.model import BLT
+from blt.patcher.schemes import ENTROPY_SCHEMES
+from blt.tokenizer import decode
+from blt.training.callbacks import NonFiniteLossError
+from blt.training.config import COMMANDS, SECTIONS, RunConfig, load_run_config, run_name
+from blt.training.run import SUMMARY, fit, last_checkpoint, resolve_resume
+
+USAGE = (
+    "usage: train.py {entropy,blt,baseline} [--config FILE] [--section.key value ...]\n"
+    "                [--resume PATH|last] [--entropy_checkpoint DIR] [--print_config] [--help]"
+)
+FLAGS = {"--config": True, "--resume": True, "--entropy_checkpoint": True, "--print_config": False}
+
+
+@rank_zero_only
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, dict[str, str | bool], list[str]]:
+    """Split argv into the command, our own flags and the ``--section.key value`` overrides."""
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    rest = argv[1:] if command is not None else argv
+    flags: dict[str, str | bool] = {}
+    overrides: list[str] = []
+    i = 0
+    while i < len(rest):
+        name, eq, value = rest[i].partition("=")
+        if name in ("-h", "--help"):
+            flags["--help"] = True
+        elif name in FLAGS and not FLAGS[name]:
+            flags[name] = True
+        elif name in FLAGS:
+            if not eq:
+                if i + 1 >= len(rest):
+                    raise ConfigError(f"option {name} needs a value")
+                i, value = i + 1, rest[i + 1]
+            flags[name] = value
+        else:  # an override: keep it and its value for blt.config.parse_overrides
+            overrides.append(rest[i])
+            if not eq and i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+                i += 1
+                overrides.append(rest[i])
+        i += 1
+    return command, flags, overrides
+
+
+def help_text(command: str | None) -> str:
+    sections = SECTIONS[command] if command in SECTIONS else tuple(SECTIONS["blt"]) + ("baseline",)
+    lines = [USAGE, "", __doc__.strip().split("\n\n", 2)[2], "", "commands: " + ", ".join(COMMANDS), ""]
+    lines += [
+        "  --config FILE             YAML file with the sections below",
+        "  --resume PATH|last        continue from a checkpoint (last: <run dir>/checkpoints/last.ckpt)",
+        "  --entropy_checkpoint DIR  blt: patch with this trained entropy model instead of training one",
+        "  --print_config            print the merged configuration as YAML and exit",
+        "",
+    ]
+    for section in sections:
+        lines.append(f"{section}:")
+        rows = describe(type(getattr(RunConfig(), section)), f"{section}.")
+        width = max(len(name) + len(tp) for name, tp, _ in rows) + 4
+        lines += [f"  {name} ({tp}){' ' * (width - len(name) - len(tp))}{text}" for name, tp, text in rows]
+    return "\n".join(lines)
+
+
+def entropy_model_dir(run: RunConfig, run_dir: Path, resume: bool) -> Path:
+    """The entropy model the blt command patches with: trained into ``run_dir/entropy`` (or reused on resume)."""
+    stage = run_dir / "entropy"
+    if resume and (stage / SUMMARY).is_file() and (stage / "model").is_dir():
+        say(f"reusing the entropy model trained in {stage}")
+        return stage / "model"
+    steps = run.trainer.entropy_max_steps or run.trainer.max_steps
+    say(f"training the entropy model first ({steps} steps) into {stage}")
+    summary = fit("entropy", run, stage, steps, last_checkpoint(stage) if resume else None)
+    say(f"entropy model: validation bits-per-byte {summary['val_bpb']:.3f}")
+    return stage / "model"
+
+
+def check_entropy_vocab(directory: Path, vocab_size: int) -> None:
+    """The entropy model must predict the BLT's ids: refuse another vocabulary before loading anything."""
+    data = read_config(directory)
+    found = (data.get("config") or {}).get("vocab_size") if isinstance(data.get("config"), dict) else None
+    if found is None and data.get("model_type") == "blt":
+        found = (data.get("patcher_config") or {}).get("vocab_size", data.get("vocab_size"))
+    if found is not None and found != vocab_size:
+        raise CheckpointError(
+            f"entropy checkpoint {directory} has vocabulary size {found}, but the BLT's is {vocab_size} "
+            "(blt.vocab_size): they must match"
+        )
+
+
+def train(command: str, run: RunConfig, config_path: str | None, resume: str | None, entropy_dir: str | None) -> dict:
+    run_dir = Path(run.trainer.output_dir) / run_name(run, command, config_path)
+    resume_path = None
+    if resume is not None:
+        staged = command == "blt" and resume == "last" and entropy_dir is None and (run_dir / "entropy").is_dir()
+        if not (staged and last_checkpoint(run_dir) is None):  # else: the entropy stage is what resumes
+            resume_path = resolve_resume(resume, run_dir)
+        elif last_checkpoint(run_dir / "entropy") is None and not (run_dir / "entropy" / SUMMARY).is_file():
+            resolve_resume(resume, run_dir)  # nothing at all to resume: its error names the folder
+    extra = {}
+    if command == "blt" and (entropy_dir is not None or run.blt.patching.scheme in ENTROPY_SCHEMES):
+        if entropy_dir is not None and not Path(entropy_dir).exists():
+            raise CheckpointError(f"--entropy_checkpoint: directory does not exist: {entropy_dir}")
+        source = Path(entropy_dir) if entropy_dir is not None else entropy_model_dir(run, run_dir, resume is not None)
+        check_entropy_vocab(source, run.blt.vocab_size)
+        extra["entropy_dir"] = source
+    summary = fit(command, run, run_dir, run.trainer.max_steps, resume_path, **extra)
+    say(f"\n{command}: validation bits-per-byte {summary['val_bpb']:.3f} after {summary['steps']} steps "
+        f"({summary['bytes_seen']:,} bytes); run directory {run_dir}")
+    if command == "blt" and run.trainer.sample_bytes:
+        say_sample(run, run_dir / "model")
+    return summary
+
+
+@rank_zero_only
+def say_sample(run: RunConfig, model_dir: Path) -> None:
+    """Continue the start of the first validation document with the exported model."""
+    prompt = next(iter_documents(run.data, "val"))[:48]
+    model = BLT.from_pretrained(model_dir)
+    text = model.generate(prompt, run.trainer.sample_bytes, temperature=0.8, top_k=20, seed=run.trainer.seed)
+    out = text if isinstance(text, (bytes, str)) else decode(text[0] if isinstance(text, list) else text)
+    out = out.decode("utf-8", errors="replace") if isinstance(out, bytes) else out
+    print(f"sample (prompt, then {run.trainer.sample_bytes} generated bytes):\n{prompt.decode('utf-8', errors='replace')}"
+          f"|{out}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        command, flags, overrides = parse_args(argv)
+        if flags.get("--help"):
+            print(help_text(command))
+            return 0
+        if command not in COMMANDS:
+            raise ConfigError(f"expected a command ({', '.join(COMMANDS)}), got {command!r}\n{USAGE}")
+        if "--entropy_checkpoint" in flags and command != "blt":
+            raise ConfigError("--entropy_checkpoint applies to the blt command only")
+        config_path = flags.get("--config")
+        run = load_run_config(config_path, overrides)
+        if flags.get("--print_config"):
+            print(yaml.safe_dump({s: to_dict(getattr(run, s)) for s in SECTIONS[command]}, sort_keys=False), end="")
+            return 0
+        train(command, run, config_path, flags.get("--resume"), flags.get("--entropy_checkpoint"))
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+

@@ -1,0 +1,131 @@
+"""One training stage: build the task, fit it with Lightning, validate, checkpoint, export, summarise.
+
+A run directory holds ``checkpoints/last.ckpt`` (resumable Lightning checkpoint), ``metrics.csv``,
+``tensorboard/``, ``model/`` (``save_pretrained`` export of the final model) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from blt.checkpoint import CheckpointError
+from blt.training.callbacks import LAST, AtomicCheckpointIO, LastCheckpoint, NonFiniteLossError, Throughput
+from blt.training.config import RunConfig
+from blt.training.modules import STATE_KEY, LMTask, task_for
+
+SUMMARY = "summary.json"
+STALE = ("metrics.csv", SUMMARY, f"checkpoints/{LAST}")  # a fresh run replaces these in its directory
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    path = run_dir / "checkpoints" / LAST
+    return path if path.is_file() else None
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path:
+    """``--resume`` as a checkpoint file: a path, or "last" for the run directory's last checkpoint."""
+    if resume == "last":
+        path = last_checkpoint(run_dir)
+        if path is None:
+            raise CheckpointError(
+                f"--resume last: no checkpoint to resume in {run_dir / 'checkpoints'} (run without --resume to "
+                "start, or check --trainer.output_dir / --trainer.name)"
+            )
+        return path
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"--resume: checkpoint file not found: {path}")
+    return path
+
+
+def build_trainer(run: RunConfig, run_dir: Path, max_steps: int) -> tuple[L.Trainer, LastCheckpoint]:
+    tc = run.trainer
+    last = LastCheckpoint(run_dir / "checkpoints", tc.checkpoint_every, tc.val_every)
+    callbacks = [last, Throughput(tc.peak_flops)]
+    if tc.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, tc.log_every // 2)))
+    loggers = [CSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")]
+    trainer = L.Trainer(
+        accelerator=tc.accelerator,
+        strategy=tc.strategy,
+        devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        precision=tc.precision,
+        max_steps=max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=tc.accumulate,
+        gradient_clip_val=run.optim.grad_clip,
+        val_check_interval=tc.val_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=tc.log_every,
+        logger=loggers,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=False,  # LastCheckpoint writes the checkpoints
+        enable_progress_bar=tc.progress_bar,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+        use_distributed_sampler=False,  # the batches are already sharded by rank
+    )
+    return trainer, last
+
+
+def fit(
+    command: str, run: RunConfig, run_dir: Path, max_steps: int, resume: Path | None, **task_args: Any
+) -> dict[str, Any]:
+    """Train ``command``'s model into ``run_dir``; returns the summary (also written as summary.json)."""
+    if resume is not None:
+        check_resume(resume, command)
+    elif int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        for name in STALE:
+            (run_dir / name).unlink(missing_ok=True)
+    L.seed_everything(run.trainer.seed, verbose=False)
+    task = task_for(command, run, max_steps, **task_args)
+    trainer, last = build_trainer(run, run_dir, max_steps)
+    try:
+        trainer.fit(task, ckpt_path=resume)
+    except NonFiniteLossError as e:
+        kept = f"the last good checkpoint is {last.path}" if last.path.is_file() else "no checkpoint was written yet"
+        raise NonFiniteLossError(f"{e}; {kept}") from None
+    validated = bool(task.val_curve) and task.val_curve[-1]["step"] == trainer.global_step
+    if not validated:
+        trainer.validate(task, verbose=False)
+    if not validated or last.saved_step != trainer.global_step:
+        last.save(trainer)  # the final state, with the last validation, is what --resume and the export use
+    summary = {"name": run_dir.name, **task.summary()}
+    if trainer.is_global_zero:
+        export(task, last.path, run_dir / "model")
+        (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
+    trainer.strategy.barrier()
+    return summary
+
+
+def check_resume(path: Path, command: str) -> None:
+    """Refuse a checkpoint that is not a training checkpoint of this command, before Lightning loads it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever failed, the file is not a checkpoint we can resume
+        raise CheckpointError(f"--resume: {path} is not a readable training checkpoint ({e})") from None
+    ours = state.get(STATE_KEY) if isinstance(state, dict) else None
+    if ours is None:
+        raise CheckpointError(f"--resume: {path} is not a checkpoint written by blt-train")
+    if ours["kind"] != command:
+        raise CheckpointError(f"--resume: {path} is a checkpoint of '{ours['kind']}', not of '{command}'")
+
+
+def export(task: LMTask, checkpoint: Path, directory: Path) -> None:
+    """``save_pretrained`` of the model as saved in ``checkpoint`` (whole tensors, whatever the strategy)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    model = task.build_model()
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    model.save_pretrained(directory)
+

@@ -1,0 +1,284 @@
+"""Bits per byte of raw text for any model: BLT, byte-level entropy model or tokenized BPE baseline.
+
+What is scored. A document is BOS + its bytes (+ EOS in training). Every model predicts every byte of the
+document exactly once, given BOS and the bytes before it; EOS is NOT scored, because "the document ends
+here" is not a byte of the text and a tokenized model spends it differently. So
+
+    bits per byte = sum over documents of -log2 p(document bytes | BOS) / number of bytes,
+
+the same numerator set and the same denominator (``len(document)``) for all three model kinds; the
+baseline's numerator is the NLL of its tokens, which spell exactly the document's bytes (byte fallback).
+Probabilities come from the model's full softmax (special ids included), without renormalisation.
+
+Long documents are scored in windows of ``context`` ids: the first window scores targets 1..context-1;
+each next window scores the following ``stride`` targets while seeing the ``context - stride`` ids before
+them as context. A model whose receptive field fits in that overlap (e.g. sliding-window attention) gets
+exactly the scores of one pass over the whole document.
+
+The standard error is over documents, for the ratio estimator R = sum(bits_i) / sum(bytes_i):
+SE^2 = sum_i (bits_i - R * bytes_i)^2 / (m (m - 1) mean(bytes)^2) for m documents (the delta method).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from blt.config import PatchingConfig
+from blt.tokenizer import PAD_ID, encode
+
+# ----------------------------------------------------------------------------------------------------------
+# scorers: one per model kind, all with the same small interface
+
+
+class ByteLMScorer:
+    """A causal LM over the 260 byte ids (the entropy model); every byte is its own unit."""
+
+    unit = "byte"
+
+    def __init__(self, model: torch.nn.Module, context: int | None = None):
+        self.model = model
+        self.context = context or model.config.max_seq_len
+
+    def encode(self, document: bytes) -> list[int]:
+        return encode(document, add_bos=True)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ids [B, T] -> logits [B, T, V], unit starts (None: every position starts a unit)."""
+        return self.model(ids), None
+
+    def flops_per_byte(self, bytes_per_unit: float) -> dict[str, float]:
+        from blt.eval.flops import entropy_flops_per_byte
+
+        return _flops_dict(entropy_flops_per_byte(self.model.config, self.context))
+
+
+class BLTScorer:
+    """The byte latent transformer; units are patches, counted where they start."""
+
+    unit = "patch"
+
+    def __init__(
+        self, model: torch.nn.Module, context: int | None = None, patching: PatchingConfig | None = None
+    ):
+        self.model = model
+        c = model.config
+        self.context = context or min(
+            c.encoder.max_seq_len, c.decoder.max_seq_len, c.global_transformer.max_seq_len
+        )
+        self.patching = patching  # None: the model's own patching
+
+    def encode(self, document: bytes) -> list[int]:
+        return encode(document, add_bos=True)
+
+    def patch_lengths(self, ids: torch.Tensor) -> torch.Tensor | None:
+        if self.patching is None:
+            return None
+        from blt.patcher import patch_lengths
+        from blt.patcher.schemes import ENTROPY_SCHEMES
+
+        entropies = None
+        if self.patching.scheme in ENTROPY_SCHEMES:
+            if getattr(self.model, "patcher", None) is None:
+                raise ValueError(
+                    f"patching scheme {self.patching.scheme!r} needs a BLT with a bundled entropy model"
+                )
+            entropies = self.model.patcher.entropies(ids)
+        return patch_lengths(ids, self.patching, entropies)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.model(ids, patch_lengths=self.patch_lengths(ids))
+        return out.logits, patch_starts(out.patch_lengths, ids.shape[1])
+
+    def flops_per_byte(self, bytes_per_unit: float) -> dict[str, float]:
+        from dataclasses import replace
+
+        from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte
+
+        config = self.model.config
+        if self.patching is not None:
+            config = replace(config, patching=self.patching)
+        flops = _flops_dict(blt_flops_per_byte(config, bytes_per_unit, self.context))
+        if config.entropy_model is not None:
+            entropy = _flops_dict(entropy_flops_per_byte(config.entropy_model, self.context))
+            flops.update({f"entropy_{k}": v for k, v in entropy.items()})
+        return flops
+
+
+class BaselineScorer:
+    """The tokenized BPE baseline; units are tokens, windows count tokens."""
+
+    unit = "token"
+
+    def __init__(self, model: torch.nn.Module, context: int | None = None):
+        self.model = model
+        self.context = context or model.config.max_seq_len
+
+    def encode(self, document: bytes) -> list[int]:
+        return self.model.encode(document, add_bos=True)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model(ids), None
+
+    def flops_per_byte(self, bytes_per_unit: float) -> dict[str, float]:
+        from blt.eval.flops import tokenized_flops_per_byte
+
+        config = self.model.config
+        context_bytes = self.context * bytes_per_unit
+        return _flops_dict(tokenized_flops_per_byte(config, config.vocab_size, context_bytes, bytes_per_unit))
+
+
+def _flops_dict(flops) -> dict[str, float]:
+    """The two totals of a ``blt.eval.flops.FlopCount`` (FLOPs at the context the scorer uses)."""
+    return {
+        "inference_flops_per_byte": float(flops.inference_flops_per_byte),
+        "training_flops_per_byte": float(flops.training_flops_per_byte),
+    }
+
+
+def scorer_for(loaded, context: int | None = None, patching: PatchingConfig | None = None):
+    """The scorer for a :class:`blt.eval.loading.LoadedModel`; ``patching`` overrides a BLT's patching."""
+    if context is not None and context < 2:
+        raise ValueError(f"context must be at least 2 ids, got {context}")
+    if loaded.kind in ("blt", "hf-blt"):
+        return BLTScorer(loaded.model, context, patching)
+    if patching is not None:
+        raise ValueError(f"patching options apply to BLT checkpoints only, not to kind {loaded.kind!r}")
+    if loaded.kind == "blt-entropy":
+        return ByteLMScorer(loaded.model, context)
+    return BaselineScorer(loaded.model, context)
+
+
+def patch_starts(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Patch lengths [B, P] (right-padded with 0) -> bool [B, T], True where a patch begins."""
+    starts = torch.zeros(lengths.shape[0], seq_len + 1, dtype=torch.bool, device=lengths.device)
+    offsets = (lengths.cumsum(1) - lengths).clamp(max=seq_len)  # [B, P] first position of each patch
+    starts.scatter_(1, torch.where(lengths > 0, offsets, seq_len), True)
+    return starts[:, :seq_len]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# windows
+
+
+def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """``(start, first, end)`` windows over ids x[0..n-1] (x[0] = BOS) that score targets 1..n-1 once.
+
+    A window feeds x[start:end] (at most ``context`` ids) and scores targets first..end-1, predicted by
+    the logits at positions first-1..end-2; the logit at end-1 is not used (the next window scores it).
+    """
+    if not 1 <= stride < context:
+        raise ValueError(f"stride must be in [1, context - 1] = [1, {context - 1}], got {stride}")
+    out, first = [], 1
+    while first < n:
+        end = min(n, first + stride if out else context)
+        out.append((max(0, end - context), first, end))
+        first = end
+    return out
+
+
+@dataclass
+class _Job:
+    doc: int  # index of the document
+    ids: list[int]  # the window's ids
+    first: int  # window index of the first scored target
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@dataclass
+class BPBResult:
+    bits_per_byte: float
+    stderr: float  # over documents; NaN with fewer than two documents
+    n_documents: int
+    n_bytes: int
+    bits: float
+    unit: str  # "patch" (BLT), "token" (baseline) or "byte" (entropy model)
+    bytes_per_unit: float  # mean patch size, bytes per token, or 1
+    flops: dict[str, float] = field(default_factory=dict)  # inference/training FLOPs per byte
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def score_documents(
+    scorer, documents: Iterable[bytes], stride: int | None = None, batch_size: int = 8
+) -> tuple[list[float], list[int], list[int]]:
+    """Per document: bits, bytes and units (patches/tokens/bytes) of its scored bytes."""
+    stride = stride or scorer.context // 2
+    bits: list[float] = []
+    n_bytes: list[int] = []
+    units: list[int] = []
+    pending: list[_Job] = []
+    for doc, document in enumerate(documents):
+        ids = scorer.encode(document)
+        bits.append(0.0)
+        n_bytes.append(len(document))
+        units.append(0)
+        pending += [_Job(doc, ids[s:e], f - s) for s, f, e in windows(len(ids), scorer.context, stride)]
+        while len(pending) >= batch_size:
+            _run(scorer, pending[:batch_size], bits, units)
+            pending = pending[batch_size:]
+    if pending:
+        _run(scorer, pending, bits, units)
+    return bits, n_bytes, units
+
+
+def _run(scorer, jobs: list[_Job], bits: list[float], units: list[int]) -> None:
+    """Score a batch of windows (right-padded: causal models never look at the padding)."""
+    T = max(len(j.ids) for j in jobs)
+    ids = torch.full((len(jobs), T), PAD_ID, dtype=torch.long)
+    for row, job in enumerate(jobs):
+        ids[row, : len(job.ids)] = torch.tensor(job.ids)
+    logits, starts = scorer.forward(ids)  # [B, T, V], [B, T] or None
+    # float64 so the sum over a long corpus keeps its digits (a uniform model scores 8.0, not 8.0000001)
+    logp = F.log_softmax(logits.double(), dim=-1)
+    for row, job in enumerate(jobs):
+        n = len(job.ids)
+        targets = ids[row, job.first : n]
+        nats = -logp[row, job.first - 1 : n - 1].gather(-1, targets.unsqueeze(-1)).sum()
+        bits[job.doc] += float(nats) / math.log(2)
+        units[job.doc] += n - job.first if starts is None else int(starts[row, job.first : n].sum())
+
+
+def ratio_stderr(bits: list[float], n_bytes: list[int]) -> float:
+    """Standard error of sum(bits) / sum(bytes) over documents (delta method); NaN below two documents."""
+    m = len(bits)
+    if m < 2:
+        return math.nan
+    ratio = sum(bits) / sum(n_bytes)
+    mean_bytes = sum(n_bytes) / m
+    residuals = sum((b - ratio * n) ** 2 for b, n in zip(bits, n_bytes))
+    return math.sqrt(residuals / (m * (m - 1))) / mean_bytes
+
+
+def evaluate(
+    scorer, documents: Iterable[bytes], stride: int | None = None, batch_size: int = 8, flops: bool = True
+) -> BPBResult:
+    """Bits per byte of ``documents`` under ``scorer`` (see the module docstring for what is scored)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    bits, n_bytes, units = score_documents(scorer, documents, stride, batch_size)
+    # empty documents carry no bytes and no bits: they do not count as samples for the standard error
+    kept = [(b, n) for b, n in zip(bits, n_bytes) if n > 0]
+    total = sum(n_bytes)
+    if total == 0:
+        raise ValueError("the corpus has no bytes to score (no documents, or only empty ones)")
+    bytes_per_unit = total / sum(units)
+    return BPBResult(
+        bits_per_byte=sum(bits) / total,
+        stderr=ratio_stderr([b for b, _ in kept], [n for _, n in kept]),
+        n_documents=len(kept),
+        n_bytes=total,
+        bits=sum(bits),
+        unit=scorer.unit,
+        bytes_per_unit=bytes_per_unit,
+        flops=scorer.flops_per_byte(bytes_per_unit) if flops else {},
+    )

@@ -1,0 +1,109 @@
+"""Hash n-gram embedding without the [B, T, n_tables] row indices or a [B, T, n_tables, D] gather.
+
+The reference (:func:`blt.patch_ops.hash_embedding`) builds every table's row indices first and keeps them
+for the backward pass. Here the hashes are rolled on the fly: for one hash function, the hash of the n-gram
+ending at t extends the (n-1)-gram's hash by one older id,
+
+    H_n(t) = ids[t - n + 1] + prime * H_(n-1)(t),      H_0 = 0,
+
+so all n-gram sizes of a function cost one multiply-add per size and byte, and each table's rows are added
+into the output as soon as they are known. The backward pass recomputes the hashes (cheap integer work) and
+accumulates the output gradient into the table rows, so only ``ids`` is saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from blt import patch_ops
+from blt.kernels.dispatch import choose
+from blt.patch_ops import HASH_PRIMES
+
+
+def table_rows(ids: torch.Tensor, ngram_sizes: list[int], n_functions: int, hash_vocab: int) -> Iterator[torch.Tensor]:
+    """Row indices [B, T] into the concatenated table, one table at a time (each table exactly once)."""
+    ids = ids.long()
+    sizes = list(ngram_sizes)
+    for f in range(n_functions):
+        prime = HASH_PRIMES[f % len(HASH_PRIMES)]
+        h = torch.zeros_like(ids)
+        for n in range(1, max(sizes, default=0) + 1):
+            shift = min(n - 1, ids.shape[1])  # ids[t - n + 1], id 0 before the start
+            h = F.pad(ids[:, : ids.shape[1] - shift], (shift, 0)) + prime * h  # int64 wraps like the reference
+            for i, size in enumerate(sizes):
+                if size == n:
+                    yield torch.remainder(h, hash_vocab) + (f * len(sizes) + i) * hash_vocab
+
+
+class _HashEmbedding(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ids, byte_weight, hash_weight, ngram_sizes, n_functions, hash_vocab):
+        ctx.save_for_backward(ids)
+        ctx.spec = (ngram_sizes, n_functions, hash_vocab)
+        ctx.weights = (byte_weight.shape, byte_weight.dtype, hash_weight.shape, hash_weight.dtype)
+        dtype = torch.promote_types(byte_weight.dtype, hash_weight.dtype)
+        x = F.embedding(ids, byte_weight).to(dtype)  # [B, T, D]
+        for rows in table_rows(ids, ngram_sizes, n_functions, hash_vocab):
+            x += F.embedding(rows, hash_weight)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        byte_shape, byte_dtype, hash_shape, hash_dtype = ctx.weights
+        g = grad.reshape(-1, grad.shape[-1])  # [B*T, D]
+        grad_byte = grad_hash = None
+        if ctx.needs_input_grad[1]:
+            grad_byte = g.new_zeros(byte_shape).index_add_(0, ids.reshape(-1), g).to(byte_dtype)
+        if ctx.needs_input_grad[2]:
+            grad_hash = g.new_zeros(hash_shape)
+            for rows in table_rows(ids, *ctx.spec):
+                grad_hash.index_add_(0, rows.reshape(-1), g)
+            grad_hash = grad_hash.to(hash_dtype)
+        return None, grad_byte, grad_hash, None, None, None
+
+
+def check_hash_inputs(ids, byte_weight, hash_weight, ngram_sizes, n_functions, hash_vocab) -> None:
+    if ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"ids must be an integer tensor [B, T], got {ids.dtype} of shape {tuple(ids.shape)}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= byte_weight.shape[0]):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ValueError(f"id {bad} is outside the byte embedding's 0..{byte_weight.shape[0] - 1}")
+    if any(n < 1 for n in ngram_sizes) or n_functions < 0 or hash_vocab < 1:
+        raise ValueError(f"bad hash spec: ngram_sizes={ngram_sizes}, n_functions={n_functions}, hash_vocab={hash_vocab}")
+    n_rows = n_functions * len(ngram_sizes) * hash_vocab
+    if n_rows and tuple(hash_weight.shape) != (n_rows, byte_weight.shape[1]):
+        raise ValueError(
+            f"hash_weight has shape {tuple(hash_weight.shape)}, expected [n_tables * hash_vocab, D] = "
+            f"[{n_rows}, {byte_weight.shape[1]}]"
+        )
+
+
+def hash_embedding(
+    ids: torch.Tensor,
+    byte_weight: torch.Tensor,
+    hash_weight: torch.Tensor,
+    ngram_sizes: list[int],
+    n_functions: int,
+    hash_vocab: int,
+    *,
+    impl: str | None = None,
+) -> torch.Tensor:
+    """Byte embedding plus the sum of its hash n-gram embeddings: ids [B, T] -> [B, T, D].
+
+    Same semantics as :func:`blt.patch_ops.hash_embedding`; ``impl`` picks the implementation
+    (see :mod:`blt.kernels.dispatch`).
+    """
+    path = choose("hash_embedding", byte_weight, impl)
+    if path == "reference":
+        return patch_ops.hash_embedding(ids, byte_weight, hash_weight, ngram_sizes, n_functions, hash_vocab)
+    check_hash_inputs(ids, byte_weight, hash_weight, ngram_sizes, n_functions, hash_vocab)
+    spec = (tuple(ngram_sizes), n_functions, hash_vocab)
+    if path == "triton":
+        from blt.kernels.hash_embedding_triton import triton_hash_embedding
+
+        return triton_hash_embedding(ids, byte_weight, hash_weight, *spec)
+    return _HashEmbedding.apply(ids, byte_weight, hash_weight, *spec)

@@ -1,0 +1,34 @@
+"""Patch pooling: max or mean of the byte states of each patch.
+
+The reference (:func:`blt.patch_ops.patch_pool`) is already a segment operation (``scatter_reduce`` over
+the byte axis: linear in the bytes, no [patches x bytes] mask), so it is also the PyTorch path here; CUDA
+tensors get the Triton kernel, whose max backward splits the gradient evenly among tied maxima exactly as
+``scatter_reduce`` does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from blt import patch_ops
+from blt.kernels.dispatch import choose
+from blt.kernels.layout import check_patch_ids
+
+
+def patch_pool(
+    h: torch.Tensor, patch_ids: torch.Tensor, num_patches: int, mode: str = "max", *, impl: str | None = None
+) -> torch.Tensor:
+    """h [B, T, D], patch_ids [B, T] -> [B, num_patches, D]; an empty patch gives 0, out-of-range ids are
+    ignored (see :func:`blt.patch_ops.patch_pool`)."""
+    if mode not in ("max", "mean"):
+        raise ValueError(f"patch_pool mode must be 'max' or 'mean', got {mode!r}")
+    if h.dim() != 3:
+        raise ValueError(f"h must be [B, T, D], got shape {tuple(h.shape)}")
+    check_patch_ids(patch_ids, h.shape[0], h.shape[1])
+    if num_patches < 0:
+        raise ValueError(f"num_patches must be >= 0, got {num_patches}")
+    if choose("patch_pool", h, impl) == "triton":
+        from blt.kernels.pooling_triton import triton_patch_pool
+
+        return triton_patch_pool(h, patch_ids, num_patches, mode)
+    return patch_ops.patch_pool(h, patch_ids, num_patches, mode)

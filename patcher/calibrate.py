@@ -1,0 +1,108 @@
+"""Threshold calibration: the entropy threshold that gives a target mean patch size on a sample of text.
+
+The mean patch size (positions per patch, BOS patch included, as the global transformer sees it) never
+decreases as the threshold rises, so bisection finds the threshold where it crosses the target. Entropies
+do not depend on the threshold, so they are computed once and every bisection step is a cheap mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from blt.config import ConfigError, PatchingConfig
+
+from .schemes import ENTROPY_SCHEMES, patch_starts, split_long_patches
+
+ITERATIONS = 60
+
+
+@dataclass
+class Calibration:
+    threshold: float  # the calibrated value of the scheme's threshold field
+    field: str  # "threshold" or "relative_threshold"
+    mean_patch_size: float  # achieved on the sample
+    target_patch_size: float
+
+    def patching(self, base: PatchingConfig) -> PatchingConfig:
+        """``base`` with the calibrated threshold filled in."""
+        return dataclasses.replace(base, **{self.field: self.threshold})
+
+    def __str__(self) -> str:
+        return (
+            f"{self.field} = {self.threshold:.6f} gives mean patch size {self.mean_patch_size:.3f} "
+            f"(target {self.target_patch_size:.3f})"
+        )
+
+
+def pad_documents(docs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D tensors -> right-padded [B, Tmax] and a validity mask [B, Tmax]."""
+    out = torch.zeros(len(docs), max(d.numel() for d in docs), dtype=dtype)
+    valid = torch.zeros(out.shape, dtype=torch.bool)
+    for i, d in enumerate(docs):
+        out[i, : d.numel()] = d.reshape(-1)
+        valid[i, : d.numel()] = True
+    return out, valid
+
+
+def mean_patch_size(ids: torch.Tensor, entropies: torch.Tensor, valid: torch.Tensor, patching: PatchingConfig) -> float:
+    """Positions per patch over the valid part of right-padded rows (rules are causal: padding never counts)."""
+    starts = patch_starts(ids, patching, entropies)
+    if patching.max_patch_length is not None:
+        starts = split_long_patches(starts, patching.max_patch_length)
+    return valid.sum().item() / (starts & valid).sum().item()
+
+
+def calibrate_threshold(
+    ids: list[torch.Tensor],
+    entropies: list[torch.Tensor],
+    target_patch_size: float | None = None,
+    target_global_share: float | None = None,
+    patching: PatchingConfig | None = None,
+) -> Calibration:
+    """Threshold that makes the mean patch size of ``ids`` (documents, 1-D each) closest to the target.
+
+    Give either ``target_patch_size`` (mean positions per patch) or ``target_global_share`` (patches per
+    position: the share of positions at which the global transformer runs, 1 for byte patching).
+    ``patching`` (default: entropy scheme) picks the scheme and fixes its other fields; the entropy and
+    combined schemes calibrate ``threshold``, the relative scheme ``relative_threshold``.
+    """
+    patching = patching or PatchingConfig()
+    if patching.scheme not in ENTROPY_SCHEMES:
+        raise ConfigError(f"only entropy schemes {list(ENTROPY_SCHEMES)} have a threshold; got {patching.scheme!r}")
+    if (target_patch_size is None) == (target_global_share is None):
+        raise ValueError("give exactly one of target_patch_size and target_global_share")
+    if target_global_share is not None:
+        if not 0 < target_global_share <= 1:
+            raise ValueError(f"target_global_share must be in (0, 1], got {target_global_share}")
+        target_patch_size = 1.0 / target_global_share
+    if math.isnan(target_patch_size) or target_patch_size < 1:
+        raise ValueError(f"target_patch_size must be >= 1 (positions per patch), got {target_patch_size}")
+    if not ids or len(ids) != len(entropies):
+        raise ValueError(f"need the same positive number of id and entropy documents, got {len(ids)} and {len(entropies)}")
+    if any(i.numel() == 0 or i.numel() != e.numel() for i, e in zip(ids, entropies)):
+        raise ValueError("every document needs at least one id and one entropy per id")
+    ids_b, valid = pad_documents(ids, torch.long)
+    ent_b, _ = pad_documents(entropies, torch.float32)
+
+    field = "relative_threshold" if patching.scheme == "relative" else "threshold"
+    if field == "threshold":
+        lo, hi = 0.0, ent_b[valid].max().item() + 1.0
+    else:
+        diffs = ent_b[:, 1:] - ent_b[:, :-1]
+        lo, hi = diffs.min().item() - 1.0, diffs.max().item() + 1.0
+
+    def mean_at(value: float) -> float:
+        return mean_patch_size(ids_b, ent_b, valid, dataclasses.replace(patching, **{field: value}))
+
+    for _ in range(ITERATIONS):  # invariant: mean_at(lo) <= target, or lo is the lowest allowed value
+        mid = (lo + hi) / 2
+        if mean_at(mid) <= target_patch_size:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda v: abs(mean_at(v) - target_patch_size))
+    return Calibration(best, field, mean_at(best), target_patch_size)

@@ -1,0 +1,175 @@
+"""The entropy model: a small causal byte-level LM whose next-byte entropy decides patch boundaries.
+
+It is a plain :class:`blt.lm.CausalLM` over the 260 byte ids with sliding-window attention. Entropies are
+computed without leakage: rows of a batch never see each other (padding goes on the right, so a causal model
+never reads it), packed documents are kept apart with ``segments`` and get their own positions, and inputs
+longer than ``chunk_size`` run in chunks that continue a KV cache bounded by the window, which gives the
+same result as one pass.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from blt.checkpoint import (
+    WEIGHTS_NAME,
+    CheckpointError,
+    checkpoint_kind,
+    load_state,
+    read_config,
+    read_weights,
+    save_pretrained,
+)
+from blt.config import ConfigError, EntropyModelConfig, check, from_dict, to_dict
+from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
+from blt.lm import CausalLM
+from blt.tokenizer import VOCAB_SIZE, check_ids
+
+KIND = "blt-entropy"
+HF_INDEX_NAME = "model.safetensors.index.json"
+HF_PATCHER_PREFIXES = ("model.patcher.", "patcher.")
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of the softmax over the last dim: [..., V] -> [...] (float32)."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    # exp(logp) * logp is formed and reduced in one expression so no probability tensor outlives it
+    return -(logp.exp() * logp).sum(-1)
+
+
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """Position of every id inside its segment: [B, T] segment ids -> [B, T] 0, 1, 2, ... per segment."""
+    T = segments.shape[1]
+    idx = torch.arange(T, device=segments.device).expand_as(segments)
+    new = torch.ones_like(segments, dtype=torch.bool)
+    new[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    start = torch.where(new, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    return idx - start
+
+
+def check_input_ids(ids: torch.Tensor) -> None:
+    """Clear errors for the inputs a user can get wrong: shape, dtype, empty, ids outside 0..259."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        raise ValueError(f"ids must be a [batch, time] tensor, got {getattr(ids, 'shape', type(ids).__name__)}")
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"ids must be an integer tensor, got dtype {ids.dtype}")
+    if ids.numel() == 0:
+        raise ValueError(f"empty input: ids has shape {tuple(ids.shape)}; need at least one id per row")
+    check_ids(ids, VOCAB_SIZE)
+
+
+class EntropyModel(CausalLM):
+    def __init__(self, config: EntropyModelConfig, backend: str = "sdpa"):
+        check(config.vocab_size == VOCAB_SIZE, f"entropy model vocab_size must be {VOCAB_SIZE}, got {config.vocab_size}")
+        super().__init__(config, VOCAB_SIZE, backend)
+
+    @torch.no_grad()
+    def entropies(
+        self, ids: torch.Tensor, segments: torch.Tensor | None = None, chunk_size: int | None = None
+    ) -> torch.Tensor:
+        """Next-byte entropy in nats at every position: ids [B, T] -> [B, T] float32.
+
+        ``segments`` [B, T] (document ids of packed rows) keeps documents apart and restarts positions at
+        each document. Without segments, inputs longer than ``chunk_size`` (default: the config's
+        max_seq_len) run chunk by chunk with a KV cache; with a sliding window this is exact.
+        """
+        check_input_ids(ids)
+        if segments is not None:
+            if segments.shape != ids.shape:
+                raise ValueError(f"segments shape {tuple(segments.shape)} must equal ids shape {tuple(ids.shape)}")
+            positions = segment_positions(segments)
+            return entropy_from_logits(self(ids, positions=positions, segments=segments))
+        chunk_size = chunk_size or self.config.max_seq_len
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if ids.shape[1] <= chunk_size:
+            return entropy_from_logits(self(ids))
+        cache = self.new_cache()
+        return torch.cat([entropy_from_logits(self(c, cache=cache)) for c in ids.split(chunk_size, dim=1)], 1)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        return save_pretrained(directory, self, KIND, to_dict(self.config))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, backend: str = "sdpa") -> EntropyModel:
+        """Load one of our entropy-model directories, or the patcher bundled in a transformers BLT."""
+        data = read_config(directory)
+        kind = checkpoint_kind(data)
+        if kind == "hf-blt":
+            return cls.from_hf_blt(directory, data, backend)
+        if kind != KIND:
+            raise CheckpointError(
+                f"{directory} holds a checkpoint of kind {kind!r}, not an entropy model ({KIND!r} or a "
+                "transformers BLT directory)"
+            )
+        if not isinstance(data.get("config"), dict):
+            raise CheckpointError(f"{directory}: config.json has no 'config' section for the entropy model")
+        try:
+            config = from_dict(EntropyModelConfig, data["config"])
+        except ConfigError as e:
+            raise CheckpointError(f"{directory}: bad entropy model config: {e}") from None
+        model = cls(config, backend)
+        load_state(model, read_weights(directory), str(directory))
+        return model.eval()
+
+    @classmethod
+    def from_hf_blt(cls, directory: str | Path, data: dict, backend: str = "sdpa") -> EntropyModel:
+        """The entropy model (``patcher``) inside a transformers BLT checkpoint directory."""
+        hf = data.get("patcher_config")
+        if not isinstance(hf, dict):
+            raise CheckpointError(f"{directory}: transformers BLT config has no patcher_config (no bundled patcher)")
+        config = EntropyModelConfig(**hf_patcher_config(hf))
+        state = read_hf_patcher_weights(Path(directory))
+        model = cls(config, backend)
+        load_state(model, from_hf(state, ENTROPY_MODEL_RULES), f"{directory} (patcher)")
+        return model.eval()
+
+
+def hf_patcher_config(hf: dict) -> dict:
+    """Our EntropyModelConfig fields from a transformers ``BltPatcherConfig`` dict (its defaults filled in)."""
+    rope = hf.get("rope_parameters") or {}
+    dim = hf.get("hidden_size", 768)
+    return dict(
+        dim=dim,
+        n_layers=hf.get("num_hidden_layers", 14),
+        n_heads=hf.get("num_attention_heads", 12),
+        n_kv_heads=hf.get("num_key_value_heads"),
+        ffn_dim=hf.get("intermediate_size") or int(8 * dim / 3),
+        window=hf.get("sliding_window", 512),
+        max_seq_len=hf.get("max_position_embeddings", 8192),
+        norm_eps=hf.get("rms_norm_eps", 1e-5),
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        vocab_size=hf.get("vocab_size", VOCAB_SIZE),
+    )
+
+
+def read_hf_patcher_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """Only the patcher tensors of a (possibly sharded) transformers BLT checkpoint, prefix stripped."""
+    index = directory / HF_INDEX_NAME
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        files = {name: directory / shard for name, shard in weight_map.items()}
+    elif (directory / WEIGHTS_NAME).is_file():
+        with safe_open(directory / WEIGHTS_NAME, framework="pt") as f:
+            files = {name: directory / WEIGHTS_NAME for name in f.keys()}
+    else:  # a pickle checkpoint: read_weights loads it safely (weights_only) or names what is missing
+        state = read_weights(directory)
+        files = None
+    names = list(files) if files is not None else list(state)
+    prefix = next((p for p in HF_PATCHER_PREFIXES if any(n.startswith(p) for n in names)), None)
+    if prefix is None:
+        raise CheckpointError(f"{directory}: no patcher tensors ({' or '.join(HF_PATCHER_PREFIXES)}*) in the checkpoint")
+    if files is None:
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    out = {}
+    for path in sorted({files[n] for n in names if n.startswith(prefix)}):
+        if not path.is_file():
+            raise CheckpointError(f"{directory}: weight shard {path.name} named in {HF_INDEX_NAME} is missing")
+        with safe_open(path, framework="pt") as f:
+            out.update({k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
+    return out

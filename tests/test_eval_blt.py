@@ -1,0 +1,89 @@
+"""blt-eval bpb on BLT checkpoints: same bytes as the entropy model, patch counts, patching overrides."""
+
+import json
+import math
+
+import pytest
+import torch
+from blt.eval.cli import main
+
+from blt.config import (
+    BLTConfig,
+    EntropyModelConfig,
+    LocalDecoderConfig,
+    LocalEncoderConfig,
+    TransformerConfig,
+)
+from blt.data import DataConfig, iter_documents
+from blt.model import BLT
+
+SMALL = {"dim": 32, "n_layers": 1, "n_heads": 2, "window": 32, "max_seq_len": 4096}
+
+
+def tiny_blt_config(**patching):
+    return BLTConfig(
+        encoder=LocalEncoderConfig(**SMALL, hash_ngram_sizes=[3, 4], hash_vocab=64),
+        global_transformer=TransformerConfig(dim=64, n_layers=1, n_heads=2, max_seq_len=4096),
+        decoder=LocalDecoderConfig(**SMALL),
+        entropy_model=EntropyModelConfig(**SMALL),
+        patching={"scheme": "entropy", "threshold": 5.11, **patching},
+    )
+
+
+@pytest.fixture
+def blt_dir(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_blt_config()
+    model = BLT(config)
+    model.patcher.save_pretrained(tmp_path / "entropy")
+    return model.save_pretrained(tmp_path / "blt")
+
+
+def bpb(capsys, checkpoint, corpus, *extra):
+    argv = [
+        "bpb",
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        str(corpus),
+        "--data.val_fraction",
+        "0.3",
+        "--json",
+    ]
+    assert main([*argv, *extra]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_blt_entropy_model_count_the_same_bytes(blt_dir, text_corpus, capsys):
+    blt = bpb(capsys, blt_dir, text_corpus, "--context", "256")
+    entropy = bpb(capsys, blt_dir.parent / "entropy", text_corpus, "--context", "256")
+    assert blt["n_bytes"] == entropy["n_bytes"] and blt["n_documents"] == entropy["n_documents"]
+    assert blt["unit"] == "patch" and 1.3 < blt["bytes_per_unit"] < 4
+    assert 6.0 < blt["bits_per_byte"] < 10.0
+    assert set(blt["flops"]) == {
+        "inference_flops_per_byte",
+        "training_flops_per_byte",
+        "entropy_inference_flops_per_byte",
+        "entropy_training_flops_per_byte",
+    }
+    assert blt["flops"]["entropy_inference_flops_per_byte"] == pytest.approx(
+        entropy["flops"]["inference_flops_per_byte"]
+    )
+
+
+def test_static_patching_override_counts_patches(blt_dir, text_corpus, capsys):
+    result = bpb(capsys, blt_dir, text_corpus, "--patching.scheme", "static", "--patching.patch_size", "3")
+    docs = list(iter_documents(DataConfig(source=str(text_corpus), val_fraction=0.3), "val"))
+    # one window per document: patches of 3 bytes after the BOS patch
+    assert result["bytes_per_unit"] == pytest.approx(
+        sum(map(len, docs)) / sum(math.ceil(len(d) / 3) for d in docs)
+    )
+
+
+def test_bad_patch_size_is_a_clear_error(blt_dir, text_corpus, capsys):
+    argv = ["bpb", "--checkpoint", str(blt_dir), "--data", str(text_corpus), "--patching.patch_size", "0"]
+    assert main(argv) == 2
+    assert "patch_size must be > 0" in capsys.readouterr().err
+    argv = ["bpb", "--checkpoint", str(blt_dir), "--data", str(text_corpus), "--patching.scheme", "bogus"]
+    assert main(argv) == 2
+    assert "'bogus' is not one of" in capsys.readouterr().err

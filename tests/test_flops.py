@@ -1,0 +1,309 @@
+"""FLOPs per byte: the paper's Llama 2 figures, agreement with FlopCounterMode, the CLI, bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from blt.eval.flops import (
+    attended_context,
+    blt_flops_per_byte,
+    entropy_flops_per_byte,
+    layer_flops,
+    tokenized_flops_per_byte,
+)
+from blt.eval.flops_cli import main as flops_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from blt.config import (
+    BLTConfig,
+    EntropyModelConfig,
+    LocalDecoderConfig,
+    LocalEncoderConfig,
+    PatchingConfig,
+    TransformerConfig,
+    from_dict,
+    load_yaml,
+)
+from blt.lm import CausalLM
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the paper's figures
+
+
+@pytest.mark.parametrize("layers, dim, expected", [(24, 1280, "3.1e+08"), (32, 3072, "2.1e+09")])
+def test_llama2_figures_of_the_paper(layers, dim, expected):
+    config = TransformerConfig(dim=dim, n_layers=layers, n_heads=dim // 128)
+    count = tokenized_flops_per_byte(config, vocab_size=32000, context_bytes=8192, bytes_per_token=3.7)
+    assert f"{count.inference_flops_per_byte:.1e}" == expected
+    assert count.training_flops_per_byte == pytest.approx(3 * count.inference_flops_per_byte)
+
+
+def test_tokenized_formula_by_hand():
+    # 2 layers, width 64, 4 heads, SwiGLU 128, 100 tokens of context at 2 bytes per token, vocabulary 1000
+    config = TransformerConfig(dim=64, n_layers=2, n_heads=4, ffn_dim=128)
+    count = tokenized_flops_per_byte(config, 1000, context_bytes=200, bytes_per_token=2)
+    per_token = 2 * (8 * 64 * 64 + 6 * 64 * 128 + 4 * 64 * 50.5) + 2 * 64 * 1000
+    assert count.inference_flops_per_byte == pytest.approx(per_token / 2)
+
+
+def test_grouped_query_attention_shrinks_only_k_and_v():
+    full = layer_flops(TransformerConfig(dim=64, n_layers=1, n_heads=8), 10)
+    gqa = layer_flops(TransformerConfig(dim=64, n_layers=1, n_heads=8, n_kv_heads=2), 10)
+    assert full["qkvo"] - gqa["qkvo"] == 2 * 2 * 64 * (64 - 16)
+    assert full["attention"] == gqa["attention"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 300), window=st.one_of(st.none(), st.integers(1, 400)))
+def test_attended_context_is_the_mean_number_of_visible_keys(n, window):
+    visible = [t + 1 if window is None else min(t + 1, window) for t in range(n)]
+    assert attended_context(n, window) == pytest.approx(sum(visible) / n)
+
+
+def test_blt_global_cost_falls_with_patch_size_and_locals_do_not():
+    config = BLTConfig()
+    small, large = blt_flops_per_byte(config, 2.0), blt_flops_per_byte(config, 8.0)
+    for part in ("global.qkvo", "global.ffn"):
+        assert small.parts[part] == pytest.approx(4 * large.parts[part])
+    for part in ("encoder.qkvo", "encoder.ffn", "decoder.qkvo", "decoder.ffn", "decoder.output"):
+        assert small.parts[part] == large.parts[part]
+    assert large.inference_flops_per_byte < small.inference_flops_per_byte
+
+
+def test_blt_default_patch_size_comes_from_the_config():
+    config = BLTConfig(patching=PatchingConfig(patch_size=6))
+    assert blt_flops_per_byte(config).parts == blt_flops_per_byte(config, 6).parts
+
+
+def test_global_input_projection_only_when_widths_differ():
+    same = BLTConfig()  # encoder 128 x k 2 == global 256
+    assert "global.input_proj" not in blt_flops_per_byte(same, 4).parts
+    wide = BLTConfig(global_transformer=TransformerConfig(dim=384, n_layers=1, n_heads=4))
+    assert blt_flops_per_byte(wide, 4).parts["global.input_proj"] == 2 * 256 * 384 / 4
+
+
+@pytest.mark.parametrize("bad", [0, -1, 0.5, float("nan"), float("inf")])
+def test_bad_patch_size_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="patch size"):
+        blt_flops_per_byte(BLTConfig(), bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name", [({"bytes_per_token": 0}, "bytes_per_token"), ({"context_bytes": -5}, "context_bytes")]
+)
+def test_bad_tokenized_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        tokenized_flops_per_byte(TransformerConfig(), 100, **kwargs)
+
+
+def test_tokenized_needs_a_vocabulary():
+    with pytest.raises(ValueError, match="vocab_size"):
+        tokenized_flops_per_byte(TransformerConfig())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# agreement with torch's FlopCounterMode on real forward passes
+#
+# FlopCounterMode counts matrix products at 2 FLOPs per multiply-accumulate, like the calculator, and nothing
+# else (norms, rotary, softmax are free on both sides). It has no formula for the CPU SDPA kernel, so the
+# tests register torch's own SDPA formula for it. Attention differs in one documented way: the paper (and the
+# calculator) count the keys a query actually attends to ((T + 1) / 2 on average under a causal mask, fewer
+# with a window, the p bytes of its patch in the cross-attentions), while SDPA and the reference
+# cross-attention compute every (query, key) score and mask afterwards. The tests therefore swap the
+# calculator's attention terms for the dense count of what was computed; the other terms stay as they are.
+
+
+def _measure(module, *args) -> float:
+    sdpa = {
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, **kw: sdpa_flop_count(
+            q, k, v
+        )
+    }
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=sdpa) as counter:
+        module(*args)
+    return float(counter.get_total_flops())
+
+
+def _dense_attention(config: TransformerConfig, n_queries: int, n_keys: int) -> float:
+    return config.n_layers * 2 * 2 * config.n_heads * config.head_dim * n_queries * n_keys
+
+
+def _without_attention(parts: dict[str, float]) -> float:
+    return sum(v for k, v in parts.items() if not k.endswith("attention"))
+
+
+def test_sdpa_mapping_counts_attention():
+    q = torch.randn(1, 2, 8, 4)
+    assert _measure(torch.nn.functional.scaled_dot_product_attention, q, q, q) == 2 * 2 * 2 * 8 * 8 * 4
+
+
+@pytest.mark.parametrize("window", [None, 16])
+def test_byte_lm_agrees_with_flop_counter(window):
+    torch.manual_seed(0)
+    config = EntropyModelConfig(dim=64, n_layers=2, n_heads=4, window=window, max_seq_len=64)
+    model = CausalLM(config, config.vocab_size).eval()
+    T = 48
+    measured = _measure(model, torch.randint(4, 260, (1, T)))
+    count = entropy_flops_per_byte(config, context_bytes=T)
+    expected = _without_attention(count.parts) * T + _dense_attention(config, T, T)
+    assert measured == pytest.approx(expected, rel=0.10)
+    # what the calculator does count: keys actually visible, averaged over positions
+    visible = sum(t + 1 if window is None else min(t + 1, window) for t in range(T))
+    assert count.parts["attention"] * T == pytest.approx(config.n_layers * 4 * config.dim * visible)
+
+
+def test_entropy_model_agrees_with_flop_counter():
+    patcher = pytest.importorskip("blt.patcher")
+    torch.manual_seed(0)
+    config = EntropyModelConfig(dim=32, n_layers=1, n_heads=2, window=8, max_seq_len=64)
+    model = patcher.EntropyModel(config).eval()
+    T = 40
+    measured = _measure(model, torch.randint(4, 260, (1, T)))
+    count = entropy_flops_per_byte(config, context_bytes=T)
+    assert measured == pytest.approx(
+        _without_attention(count.parts) * T + _dense_attention(config, T, T), rel=0.10
+    )
+
+
+def test_baseline_agrees_with_flop_counter(tiny_tokenizer):
+    from blt.baseline import BaselineLM
+    from blt.config import BaselineConfig
+
+    torch.manual_seed(0)
+    model = BaselineLM(BaselineConfig(dim=32, n_layers=2, n_heads=2, vocab_size=300), tiny_tokenizer).eval()
+    text = b"the quick brown fox jumps over the lazy dog; " * 4
+    ids = torch.tensor([model.encode(text)])
+    T = ids.shape[1]
+    bytes_per_token = len(text) / T
+    measured = _measure(model, ids)
+    count = tokenized_flops_per_byte(model.config, context_bytes=len(text), bytes_per_token=bytes_per_token)
+    per_text = _without_attention(count.parts) * len(text) + _dense_attention(model.config, T, T)
+    assert measured == pytest.approx(per_text, rel=0.10)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from blt.baseline import BPETokenizer
+
+    text = (
+        "the quick brown fox jumps over the lazy dog\n" * 50
+        + "pack my box with five dozen liquor jugs\n" * 50
+    )
+    return BPETokenizer.train([text], vocab_size=300)
+
+
+@pytest.mark.parametrize("decoder_all_layers", [True, False])
+def test_blt_agrees_with_flop_counter(decoder_all_layers):
+    model_module = pytest.importorskip("blt.model")
+    torch.manual_seed(0)
+    k = 2
+    config = BLTConfig(
+        cross_attn_k=k,
+        encoder=LocalEncoderConfig(
+            dim=32, n_layers=1, n_heads=2, window=16, max_seq_len=128, hash_ngram_sizes=[3, 4], hash_vocab=97
+        ),
+        global_transformer=TransformerConfig(dim=96, n_layers=2, n_heads=4, max_seq_len=64),
+        decoder=LocalDecoderConfig(
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            window=16,
+            max_seq_len=128,
+            cross_attn_all_layers=decoder_all_layers,
+        ),
+    )
+    model = model_module.BLT(config).eval()
+    T, P = 64, 16  # 16 patches of 4 bytes
+    ids = torch.randint(4, 260, (1, T))
+    measured = _measure(lambda: model(ids, patch_lengths=torch.full((1, P), T // P)))
+    count = blt_flops_per_byte(config, mean_patch_size=T / P, context_bytes=T)
+    enc, glob, dec = config.encoder, config.global_transformer, config.decoder
+    n_dec_cross = dec.n_layers if decoder_all_layers else 1
+    dense = (
+        _dense_attention(enc, T, T)
+        + _dense_attention(glob, P, P)
+        + _dense_attention(dec, T, T)
+        # the reference cross-attentions score every patch row against every byte, then mask
+        + 2 * 2 * enc.dim * (P * k) * T
+        + n_dec_cross * 2 * 2 * dec.dim * T * (P * k)
+    )
+    assert measured == pytest.approx(_without_attention(count.parts) * T + dense, rel=0.10)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# configs and the command line
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_model_section_loads(path):
+    from blt.baseline import BaselineTrainConfig
+
+    data = load_yaml(path)
+    sections = {"entropy": EntropyModelConfig, "blt": BLTConfig, "baseline": BaselineTrainConfig}
+    for name in [name for name in sections if name in data]:
+        from_dict(sections[name], data[name], prefix=f"{name}.")
+
+
+def test_paper_scale_entropy_model_shape():
+    entropy = from_dict(EntropyModelConfig, load_yaml(CONFIGS / "entropy-100m.yaml")["entropy"])
+    assert (entropy.n_layers, entropy.dim, entropy.n_heads, entropy.window) == (14, 768, 12, 512)
+    params = entropy.n_layers * (4 * 768 * 768 + 3 * 768 * entropy.hidden_dim) + 2 * 260 * 768
+    assert 80e6 < params < 120e6
+
+
+def test_cli_arch_json(capsys):
+    args = "--arch bpe --layers 24 --dim 1280 --vocab 32000 --context-bytes 8192 --bytes-per-token 3.7 --json"
+    assert flops_main(args.split()) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert f"{report['inference_flops_per_byte']:.1e}" == "3.1e+08"
+    assert report["training_flops_per_byte"] == pytest.approx(3 * report["inference_flops_per_byte"])
+
+
+def test_cli_config_reports_every_model_section(capsys):
+    assert flops_main(["--config", str(CONFIGS / "blt-400m.yaml"), "--patch-size", "6", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["models"]) == {"blt", "entropy", "baseline"}
+    assert report["models"]["blt"]["mean_patch_size"] == 6
+    assert report["inference_flops_per_byte"] == report["models"]["blt"]["inference_flops_per_byte"]
+    assert f"{report['models']['baseline']['inference_flops_per_byte']:.1e}" == "3.1e+08"
+
+
+def test_cli_text_output(capsys):
+    assert flops_main(["--config", str(CONFIGS / "entropy-100m.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "entropy" in out and "inference FLOPs/byte" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "CONFIG", "--patch-size", "0"], "--patch-size must be > 0"),
+        (["--config", "CONFIG", "--patch-size", "-2"], "--patch-size must be > 0"),
+        (["--config", "missing.yaml"], "config file not found"),
+        (["--arch", "bpe", "--layers", "2"], "--dim, --vocab"),
+        (
+            ["--arch", "bpe", "--layers", "2", "--dim", "64", "--vocab", "100", "--bytes-per-token", "0"],
+            "bytes_per_token",
+        ),
+        (["--config", "EMPTY"], "none of the model sections"),
+        (["--config", "BADKEY"], "unknown config key 'blt.encoder.widht'"),
+    ],
+)
+def test_cli_bad_input(args, message, tmp_path, capsys):
+    (tmp_path / "empty.yaml").write_text("data: {}\n")
+    (tmp_path / "badkey.yaml").write_text("blt:\n  encoder:\n    widht: 3\n")
+    paths = {
+        "CONFIG": str(CONFIGS / "blt-1b.yaml"),
+        "EMPTY": str(tmp_path / "empty.yaml"),
+        "BADKEY": str(tmp_path / "badkey.yaml"),
+    }
+    with pytest.raises(SystemExit) as exit_info:
+        flops_main([paths.get(a, a) for a in args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,228 @@
+"""blt.kernels PyTorch paths vs the plain references, dispatch, errors, and the model with kernels switched on.
+
+The Triton kernels are checked by tests/test_kernels_triton.py (a subprocess under TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kernels_triton_cases import assert_same, grads, leaf, patch_ids_case
+
+from blt import kernels, patch_ops
+from blt.config import BLTConfig, ConfigError, LocalDecoderConfig, LocalEncoderConfig, TransformerConfig
+from blt.kernels import entropy as entropy_module
+from blt.kernels.hash_embedding import table_rows
+from blt.model import BLT
+from blt.patcher import entropy_from_logits
+from blt.patcher.schemes import entropy_starts
+
+SETTINGS = settings(max_examples=30, deadline=None)
+
+
+@pytest.fixture(autouse=True)
+def _default_mode(monkeypatch):
+    monkeypatch.delenv("BLT_KERNELS", raising=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# hash n-gram embedding
+
+
+@SETTINGS
+@given(
+    seed=st.integers(0, 10_000),
+    T=st.integers(1, 24),
+    sizes=st.lists(st.integers(1, 8), min_size=0, max_size=4),
+    n_functions=st.integers(0, 12),  # more functions than primes: the primes cycle
+)
+def test_hash_rows_are_bit_exact(seed, T, sizes, n_functions):
+    ids = torch.randint(0, 260, (2, T), generator=torch.Generator().manual_seed(seed))
+    ref = patch_ops.hash_ngram_indices(ids, sizes, n_functions, 500002)
+    ours = list(table_rows(ids, sizes, n_functions, 500002))
+    assert len(ours) == ref.shape[-1]
+    assert sorted(tuple(r.flatten().tolist()) for r in ours) == sorted(
+        tuple(ref[..., i].flatten().tolist()) for i in range(ref.shape[-1])
+    )
+
+
+@pytest.mark.parametrize("sizes,n_functions", [([3, 4, 5, 6, 7, 8], 1), ([5, 2, 5], 2), ([], 1), ([3], 0)])
+def test_hash_embedding_forward_backward(sizes, n_functions):
+    B, T, D, V = 3, 17, 8, 31
+    ids = torch.randint(0, 260, (B, T), generator=torch.Generator().manual_seed(0))
+    bw = leaf(260, D, seed=1)
+    hw = leaf(max(1, n_functions * len(sizes)) * V, D, seed=2)
+    ref = patch_ops.hash_embedding(ids, bw, hw, sizes, n_functions, V)
+    out = kernels.hash_embedding(ids, bw, hw, sizes, n_functions, V)
+    assert_same(out, ref)
+    weights = (bw, hw) if n_functions * len(sizes) else (bw,)
+    assert_same(grads(out, weights), grads(ref, weights))
+
+
+def test_hash_embedding_bad_inputs():
+    bw, hw = torch.randn(260, 4), torch.randn(2 * 7, 4)
+    ids = torch.randint(0, 260, (1, 5))
+    with pytest.raises(ValueError, match="id 300 is outside"):
+        kernels.hash_embedding(torch.tensor([[1, 300]]), bw, hw, [3, 4], 1, 7)
+    with pytest.raises(ValueError, match=r"hash_weight has shape \(14, 4\), expected"):
+        kernels.hash_embedding(ids, bw, hw, [3, 4, 5], 1, 7)
+    with pytest.raises(ValueError, match="integer tensor"):
+        kernels.hash_embedding(ids.float(), bw, hw, [3, 4], 1, 7)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# patch cross-attention (the PyTorch paths are segment operations, the references dense masks)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), B=st.integers(1, 3), T=st.integers(3, 40), max_len=st.integers(1, 12),
+       k_rep=st.integers(1, 3), orphans=st.integers(0, 2))
+def test_patch_query_attention_torch_path(seed, B, T, max_len, k_rep, orphans):
+    patch_ids, P = patch_ids_case(seed, B, T, min(max_len, T - 1), orphans=orphans)
+    H, Dh = 2, 6
+    q, k, v = leaf(B, H, P * k_rep, Dh, seed=seed), leaf(B, H, T, Dh, seed=seed + 1), leaf(B, H, T, Dh, seed=seed + 2)
+    ref = patch_ops.patch_query_attention(q, k, v, patch_ids, k_rep)
+    out = kernels.patch_query_attention(q, k, v, patch_ids, k_rep)
+    assert_same(out, ref)
+    assert_same(grads(out, (q, k, v)), grads(ref, (q, k, v)))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10_000), B=st.integers(1, 3), T=st.integers(3, 40), max_len=st.integers(1, 12),
+       k_rep=st.integers(1, 3), orphans=st.integers(0, 2))
+def test_byte_query_attention_torch_path(seed, B, T, max_len, k_rep, orphans):
+    patch_ids, P = patch_ids_case(seed, B, T, min(max_len, T - 1), orphans=orphans)
+    H, Dh = 2, 6
+    q, k, v = leaf(B, H, T, Dh, seed=seed), leaf(B, H, P * k_rep, Dh, seed=seed + 1), leaf(B, H, P * k_rep, Dh, seed=seed + 2)
+    ref = patch_ops.byte_query_attention(q, k, v, patch_ids, k_rep)
+    out = kernels.byte_query_attention(q, k, v, patch_ids, k_rep)
+    assert_same(out, ref)
+    assert_same(grads(out, (q, k, v)), grads(ref, (q, k, v)))
+
+
+def test_attention_keeps_the_input_dtype():
+    patch_ids, P = patch_ids_case(0, 1, 12, 4)
+    q, k, v = (torch.randn(1, 2, n, 8, dtype=torch.bfloat16) for n in (2 * P, 12, 12))
+    out = kernels.patch_query_attention(q, k, v, patch_ids, 2)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, patch_ops.patch_query_attention(q, k, v, patch_ids, 2), atol=1e-2, rtol=1e-2)
+
+
+def test_attention_bad_inputs():
+    q, k = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 10, 8)
+    with pytest.raises(ValueError, match="not a multiple of k_rep=4"):
+        kernels.patch_query_attention(q, k, k, torch.zeros(1, 10, dtype=torch.long), 4)
+    with pytest.raises(ValueError, match=r"patch_ids has shape \(1, 9\)"):
+        kernels.patch_query_attention(q, k, k, torch.zeros(1, 9, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="integer tensor"):
+        kernels.byte_query_attention(k, q, q, torch.zeros(1, 10), 2)
+    with pytest.raises(ValueError, match="k_rep must be >= 1"):
+        kernels.byte_query_attention(k, q, q, torch.zeros(1, 10, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match="of one shape"):
+        kernels.byte_query_attention(k, q, q[..., :4], torch.zeros(1, 10, dtype=torch.long), 2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pooling and entropy
+
+
+@pytest.mark.parametrize("mode", ["max", "mean"])
+def test_patch_pool_torch_path_is_the_reference(mode):
+    patch_ids, P = patch_ids_case(3, 2, 20, 6)
+    h = torch.randn(2, 20, 5)
+    assert torch.equal(kernels.patch_pool(h, patch_ids, P, mode), patch_ops.patch_pool(h, patch_ids, P, mode))
+    with pytest.raises(ValueError, match="'max' or 'mean'"):
+        kernels.patch_pool(h, patch_ids, P, "sum")
+
+
+@pytest.mark.parametrize("chunk", [260 * 7, entropy_module.CHUNK_ELEMENTS])
+def test_entropy_torch_path(monkeypatch, chunk):
+    monkeypatch.setattr(entropy_module, "CHUNK_ELEMENTS", chunk)  # 7 rows per chunk: several chunks
+    logits = leaf(2, 23, 260, seed=4, scale=4.0)
+    ref = entropy_from_logits(logits)
+    out = kernels.entropy_from_logits(logits)
+    assert_same(out, ref)
+    assert_same(grads(out, (logits,)), grads(ref, (logits,)))
+    h, starts = kernels.entropy_patch_starts(logits, 3.0)
+    assert torch.equal(starts, entropy_starts(ref.detach(), 3.0))
+    assert starts[:, :2].all() and 0 < int(starts[:, 2:].sum()) < starts[:, 2:].numel()
+
+
+def test_entropy_of_masked_logits_is_finite():
+    logits = torch.randn(1, 3, 260)
+    logits[..., :100] = float("-inf")
+    expected = torch.distributions.Categorical(logits=logits).entropy()
+    assert_same(kernels.entropy_from_logits(logits), expected)
+
+
+def test_entropy_bad_inputs():
+    with pytest.raises(ValueError, match="float tensor"):
+        kernels.entropy_from_logits(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ConfigError, match="NaN"):
+        kernels.entropy_patch_starts(torch.randn(1, 4, 260), float("nan"))
+    with pytest.raises(ValueError, match=r"\[B, T, V\]"):
+        kernels.entropy_patch_starts(torch.randn(4, 260), 1.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dispatch
+
+
+def test_reference_mode_runs_the_plain_code(monkeypatch):
+    calls = []
+    monkeypatch.setattr(patch_ops, "patch_pool", lambda *args: calls.append(args) or "plain")
+    patch_ids, P = patch_ids_case(0, 1, 8, 3)
+    assert kernels.patch_pool(torch.randn(1, 8, 4), patch_ids, P, impl="reference") == "plain"
+    monkeypatch.setenv("BLT_KERNELS", "reference")
+    assert kernels.patch_pool(torch.randn(1, 8, 4), patch_ids, P) == "plain"
+    assert len(calls) == 2
+
+
+def test_bad_mode_and_triton_on_the_cpu(monkeypatch):
+    monkeypatch.setenv("BLT_KERNELS", "fast")
+    with pytest.raises(ValueError, match="BLT_KERNELS='fast' is not a kernel mode"):
+        kernels.entropy_from_logits(torch.randn(2, 260))
+    monkeypatch.delenv("BLT_KERNELS")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        kernels.entropy_from_logits(torch.randn(2, 260), impl="triton")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the whole model: kernels switched on give the plain model's logits and gradients
+
+
+def tiny_blt(cross_all: bool) -> BLT:
+    torch.manual_seed(0)
+    layer = dict(dim=32, n_heads=2, window=16, max_seq_len=64)
+    config = BLTConfig(
+        cross_attn_k=2,
+        encoder=LocalEncoderConfig(n_layers=2, hash_ngram_sizes=[3, 4], hash_vocab=61, cross_attn_all_layers=cross_all, **layer),
+        global_transformer=TransformerConfig(dim=48, n_layers=1, n_heads=2, max_seq_len=64),
+        decoder=LocalDecoderConfig(n_layers=2, cross_attn_all_layers=cross_all, **layer),
+    )
+    return BLT(config)
+
+
+def model_logits_and_grads(model: BLT, ids, lengths):
+    model.zero_grad()
+    logits = model(ids, lengths).logits
+    logits.square().mean().backward()
+    return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("cross_all", [False, True])
+def test_blt_forward_unchanged_with_kernels(monkeypatch, cross_all):
+    model = tiny_blt(cross_all)
+    ids = torch.randint(4, 260, (2, 30), generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([[1, 1, 12, 3, 1, 5, 7, 0], [1, 4, 4, 4, 4, 4, 4, 5]])
+    monkeypatch.setenv("BLT_KERNELS", "reference")
+    ref_logits, ref_grads = model_logits_and_grads(model, ids, lengths)
+    monkeypatch.setenv("BLT_KERNELS", "torch")
+    logits, grads_ = model_logits_and_grads(model, ids, lengths)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    assert len(grads_) == len(ref_grads)
+    for g, r in zip(grads_, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,282 @@
+"""Patching schemes, the entropy model, calibration and bad input (blt.patcher)."""
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from blt.checkpoint import CheckpointError, save_pretrained
+from blt.config import ConfigError, EntropyModelConfig, PatchingConfig, from_dict
+from blt.patcher import EntropyModel, calibrate_threshold, entropy_from_logits, patch_lengths
+from blt.patcher.schemes import SCHEMES, entropy_starts, relative_starts, spacelike
+from blt.tokenizer import encode
+
+
+def tiny_model(window=8, seed=0, scale=0.4):
+    """A random entropy model whose weights are scaled up so entropies vary (not all near ln 260)."""
+    torch.manual_seed(seed)
+    model = EntropyModel(EntropyModelConfig(dim=32, n_layers=2, n_heads=4, window=window, max_seq_len=64))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, scale)
+    return model.eval()
+
+
+def reference_starts(ids, entropies, patching):
+    """Plain-Python statement of every scheme's rule, one position at a time."""
+    T = len(ids)
+    spaces = [i < 4 or not (bytes([i - 4]).isalnum() or 0x80 <= i - 4 < 0xC0) for i in ids]
+    starts = []
+    for t in range(T):
+        if t < 2:
+            start = True
+        elif patching.scheme == "entropy":
+            start = entropies[t - 1] > patching.threshold
+        elif patching.scheme == "relative":
+            start = entropies[t - 1] - entropies[t - 2] > patching.relative_threshold
+        elif patching.scheme == "combined":
+            start = entropies[t - 1] > patching.threshold and entropies[t - 1] - entropies[t - 2] > patching.relative_threshold
+        elif patching.scheme == "static":
+            start = (t - 1) % patching.patch_size == 0
+        elif patching.scheme == "space":
+            start = spaces[t - 1] and not spaces[t - 2]
+        else:
+            start = True
+        starts.append(start)
+    if patching.max_patch_length:
+        run = 0
+        for t in range(T):
+            run = 1 if starts[t] or run == patching.max_patch_length else run + 1
+            starts[t] = run == 1
+    return starts
+
+
+def lengths_to_starts(lengths, T):
+    starts = [False] * T
+    pos = 0
+    for n in lengths:
+        if n > 0:
+            starts[pos] = True
+            pos += n
+    return starts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# schemes
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    scheme=st.sampled_from(SCHEMES),
+    batch=st.integers(1, 3),
+    T=st.integers(1, 40),
+    patch_size=st.integers(1, 6),
+    max_len=st.one_of(st.none(), st.integers(1, 5)),
+    threshold=st.floats(0, 3),
+    rel=st.floats(-1, 1),
+    seed=st.integers(0, 2**16),
+)
+def test_lengths_sum_to_T_and_follow_the_rules(scheme, batch, T, patch_size, max_len, threshold, rel, seed):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 260, (batch, T), generator=g)
+    entropies = torch.rand(batch, T, generator=g) * 3
+    patching = PatchingConfig(scheme, threshold, rel, patch_size, max_len)
+    lengths = patch_lengths(ids, patching, entropies)
+    assert lengths.dtype == torch.long and lengths.shape[0] == batch
+    assert lengths.sum(1).tolist() == [T] * batch
+    for row, ent, lens in zip(ids.tolist(), entropies.tolist(), lengths.tolist()):
+        nonzero = [n for n in lens if n > 0]
+        assert lens[: len(nonzero)] == nonzero  # padding only on the right
+        assert lens[0] == 1  # BOS is its own patch
+        if max_len:
+            assert max(nonzero) <= max_len
+        assert lengths_to_starts(lens, T) == reference_starts(row, ent, patching)
+
+
+def test_hand_computed_entropy_boundaries():
+    ids = torch.tensor([[1, 70, 71, 72, 73, 74, 75]])
+    ent = torch.tensor([[0.1, 2.0, 0.5, 3.0, 0.2, 0.1, 9.0]])
+    # starts: 0, 1 always; t=2 (H1 = 2.0 > 1), t=4 (H3 = 3.0 > 1); H6 belongs to no byte of this input
+    assert patch_lengths(ids, PatchingConfig("entropy", threshold=1.0), ent).tolist() == [[1, 1, 2, 3]]
+    # relative, 0.4: t=2 (2.0-0.1), t=4 (3.0-0.5); t=6 (0.1-0.2) no
+    assert patch_lengths(ids, PatchingConfig("relative", relative_threshold=0.4), ent).tolist() == [[1, 1, 2, 3]]
+    # relative, -0.15: also t=6 (H5 - H4 = -0.1 > -0.15)
+    assert patch_lengths(ids, PatchingConfig("relative", relative_threshold=-0.15), ent).tolist() == [[1, 1, 2, 2, 1]]
+    # combined: H > 2.5 and rising by > 0: only t=4
+    assert patch_lengths(ids, PatchingConfig("combined", threshold=2.5), ent).tolist() == [[1, 3, 3]]
+    assert patch_lengths(ids, PatchingConfig("entropy", threshold=1.0, max_patch_length=2), ent).tolist() == [
+        [1, 1, 2, 2, 1]
+    ]
+
+
+def test_hand_computed_static_space_byte():
+    ids = torch.tensor([encode(b"hi, you  ok")])  # BOS + 11 bytes
+    assert patch_lengths(ids, PatchingConfig("static", patch_size=4)).tolist() == [[1, 4, 4, 3]]
+    assert patch_lengths(ids, PatchingConfig("static", patch_size=5, max_patch_length=2)).tolist() == [
+        [1, 2, 2, 1, 2, 2, 1, 1]
+    ]
+    # "hi," | " you " | " ok": a patch starts after the first spacelike byte of a run
+    assert patch_lengths(ids, PatchingConfig("space")).tolist() == [[1, 3, 5, 3]]
+    assert patch_lengths(ids, PatchingConfig("byte")).tolist() == [[1] * 12]
+    assert patch_lengths(torch.tensor([[1]]), PatchingConfig("space")).tolist() == [[1]]
+
+
+def test_spacelike_bytes():
+    ids = torch.tensor(encode("aZ09 .\n\u00e9", add_bos=True))
+    # BOS, letters and digits no, space . newline yes, UTF-8 lead byte yes, continuation byte no
+    assert spacelike(ids).tolist() == [True, False, False, False, False, True, True, True, True, False]
+
+
+def test_rows_are_padded_with_zeros():
+    ids = torch.tensor([encode("ab cd ef"), encode("abcdefgh")])
+    lengths = patch_lengths(ids, PatchingConfig("space"))
+    assert lengths.tolist() == [[1, 3, 3, 2], [1, 8, 0, 0]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# entropy model
+
+
+def test_entropy_from_logits_matches_categorical():
+    logits = torch.randn(2, 5, 260) * 4
+    expected = torch.distributions.Categorical(logits=logits).entropy()
+    torch.testing.assert_close(entropy_from_logits(logits), expected, atol=1e-5, rtol=1e-5)
+    uniform = entropy_from_logits(torch.zeros(3, 260))
+    torch.testing.assert_close(uniform, torch.full((3,), 5.560681), atol=1e-5, rtol=0)
+
+
+def test_entropies_do_not_depend_on_the_batch():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(4, 260, (1, 13), generator=g)
+    b = torch.randint(4, 260, (1, 29), generator=g)
+    alone = model.entropies(a)
+    padded = torch.cat([b, torch.nn.functional.pad(a, (0, 16))])  # a right-padded next to a longer row
+    torch.testing.assert_close(model.entropies(padded)[1, :13], alone[0], atol=1e-5, rtol=1e-5)
+    # packed in one row: segments keep the documents apart and restart positions
+    packed = torch.cat([b, a], dim=1)
+    segments = torch.tensor([[0] * 29 + [1] * 13])
+    ent = model.entropies(packed, segments=segments)
+    torch.testing.assert_close(ent[0, 29:], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent[0, :29], model.entropies(b)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [8, None])
+def test_chunked_entropies_equal_one_pass(window):
+    model = tiny_model(window=window)
+    ids = torch.randint(0, 260, (2, 50), generator=torch.Generator().manual_seed(2))
+    one_pass = model.entropies(ids, chunk_size=50)
+    torch.testing.assert_close(model.entropies(ids, chunk_size=7), one_pass, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.entropies(ids), one_pass, atol=1e-5, rtol=1e-5)  # max_seq_len 64
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "em")
+    assert json.loads((tmp_path / "em" / "config.json").read_text())["kind"] == "blt-entropy"
+    loaded = EntropyModel.from_pretrained(tmp_path / "em")
+    assert loaded.config == model.config and not loaded.training
+    ids = torch.randint(0, 260, (2, 20), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(loaded.entropies(ids), model.entropies(ids))
+
+
+def test_other_checkpoints_are_refused(tmp_path):
+    model = tiny_model()
+    save_pretrained(tmp_path / "blt", model, "blt", {})
+    with pytest.raises(CheckpointError, match="kind 'blt', not an entropy model"):
+        EntropyModel.from_pretrained(tmp_path / "blt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        EntropyModel.from_pretrained(tmp_path / "missing")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "blt", "patch_in_forward": False}))
+    with pytest.raises(CheckpointError, match="no patcher_config"):
+        EntropyModel.from_pretrained(tmp_path / "hf")
+    model.save_pretrained(tmp_path / "em")
+    cfg = json.loads((tmp_path / "em" / "config.json").read_text())
+    cfg["config"]["dim"] = 64
+    (tmp_path / "em" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shape"):
+        EntropyModel.from_pretrained(tmp_path / "em")
+
+
+def test_bad_input_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="id 260 .* outside"):
+        model.entropies(torch.tensor([[1, 260]]))
+    with pytest.raises(ValueError, match="id -1 .* outside"):
+        patch_lengths(torch.tensor([[1, -1]]), PatchingConfig("byte"))
+    with pytest.raises(ValueError, match="empty input"):
+        model.entropies(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty input"):
+        patch_lengths(torch.zeros(2, 0, dtype=torch.long), PatchingConfig("static"))
+    with pytest.raises(ValueError, match=r"\[batch, time\]"):
+        model.entropies(torch.tensor([1, 5, 6]))
+    with pytest.raises(ValueError, match="integer"):
+        patch_lengths(torch.ones(1, 3), PatchingConfig("byte"))
+    with pytest.raises(ConfigError, match="unknown patching scheme 'bpe'"):
+        patch_lengths(torch.ones(1, 3, dtype=torch.long), PatchingConfig(scheme="bpe"))
+    with pytest.raises(ConfigError, match="'bpe' is not one of"):
+        from_dict(PatchingConfig, {"scheme": "bpe"})
+    with pytest.raises(ConfigError, match="NaN"):
+        PatchingConfig(threshold=float("nan"))
+    with pytest.raises(ConfigError, match="NaN"):
+        entropy_starts(torch.zeros(1, 3), float("nan"))
+    with pytest.raises(ConfigError, match="threshold must be >= 0"):
+        patch_lengths(torch.ones(1, 3, dtype=torch.long), PatchingConfig(threshold=-1.0), torch.zeros(1, 3))
+    relative_starts(torch.zeros(1, 3), -0.5)  # a negative relative threshold is meaningful
+    with pytest.raises(ValueError, match="needs entropies"):
+        patch_lengths(torch.ones(1, 3, dtype=torch.long), PatchingConfig("entropy"))
+    with pytest.raises(ValueError, match="entropies shape"):
+        patch_lengths(torch.ones(1, 3, dtype=torch.long), PatchingConfig("entropy"), torch.zeros(1, 4))
+    with pytest.raises(ConfigError, match="vocab_size must be 260"):
+        EntropyModel(EntropyModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=300))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# calibration
+
+
+def make_documents(n_docs, n_bytes, seed):
+    g = torch.Generator().manual_seed(seed)
+    words = ["the", "of", "and", "patch", "entropy", "byte", "latent", "transformer", "model", "a", "is",
+             "in", "to", "compute", "global", "local", "text", "with", "which", "1984", "x-ray", "naïve"]
+    docs = []
+    for _ in range(n_docs):
+        picks = torch.randint(0, len(words), (n_bytes,), generator=g).tolist()
+        text = " ".join(words[i] for i in picks)
+        docs.append(torch.tensor(encode(text.encode()[:n_bytes])))
+    return docs
+
+
+@pytest.mark.parametrize("target", [2.5, 4.0, 6.0])
+def test_calibration_hits_target_on_held_out_sample(target):
+    model = tiny_model(window=16, scale=0.3)
+    calib, held_out = make_documents(8, 1500, seed=1), make_documents(8, 1500, seed=2)
+    ent = [model.entropies(d[None])[0] for d in calib]
+    result = calibrate_threshold(calib, ent, target_patch_size=target)
+    assert abs(result.mean_patch_size - target) / target < 0.01
+    patching = result.patching(PatchingConfig())
+    patches = sum(int((patch_lengths(d[None], patching, model.entropies(d[None])) > 0).sum()) for d in held_out)
+    held_mean = sum(d.numel() for d in held_out) / patches
+    assert abs(held_mean - target) / target < 0.05
+
+
+def test_calibration_other_schemes_and_errors():
+    model = tiny_model(window=16, scale=0.3)
+    docs = make_documents(3, 300, seed=3)
+    ent = [model.entropies(d[None])[0] for d in docs]
+    rel = calibrate_threshold(docs, ent, target_global_share=0.25, patching=PatchingConfig("relative"))
+    assert rel.field == "relative_threshold" and abs(rel.mean_patch_size - 4.0) < 0.1
+    capped = calibrate_threshold(docs, ent, 4.0, patching=PatchingConfig(max_patch_length=6))
+    assert abs(capped.mean_patch_size - 4.0) < 0.1 and "target 4.000" in str(capped)
+    with pytest.raises(ValueError, match="exactly one"):
+        calibrate_threshold(docs, ent)
+    with pytest.raises(ValueError, match=">= 1"):
+        calibrate_threshold(docs, ent, 0.5)
+    with pytest.raises(ConfigError, match="only entropy schemes"):
+        calibrate_threshold(docs, ent, 4.0, patching=PatchingConfig("static"))
+    with pytest.raises(ValueError, match="same positive number"):
+        calibrate_threshold([], [], 4.0)
