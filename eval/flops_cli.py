@@ -4,7 +4,7 @@
     blt-flops --arch bpe --layers 24 --dim 1280 --vocab 32000 --context-bytes 8192 --bytes-per-token 3.7
 
 With ``--config`` every model section present is reported: ``blt`` (without its entropy model),
-``entropy`` and ``baseline``. ``--json`` prints one JSON object whose top-level
+``entropy`` (or the entropy model bundled in ``blt.entropy_model``) and ``baseline``. ``--json`` prints one JSON object whose top-level
 ``inference_flops_per_byte`` / ``training_flops_per_byte`` are those of the first of blt, baseline, entropy
 present, with every model under ``models``. The accounting is documented in :mod:`blt.eval.flops`.
 """
@@ -89,6 +89,8 @@ def _config_models(args: argparse.Namespace) -> dict[str, tuple[FlopCount, dict]
             config = from_dict(BLTConfig, data[name], prefix="blt.")
             patch = args.patch_size if args.patch_size is not None else config.patching.patch_size
             models[name] = (blt_flops_per_byte(config, patch, args.context_bytes), {"mean_patch_size": patch})
+            if config.entropy_model is not None and "entropy" not in data:  # the bundled patcher
+                models["entropy"] = (entropy_flops_per_byte(config.entropy_model, args.context_bytes), {})
         elif name == "entropy":
             config = from_dict(EntropyModelConfig, data[name], prefix="entropy.")
             models[name] = (entropy_flops_per_byte(config, args.context_bytes), {})

@@ -16,7 +16,6 @@ for t >= 2 a patch starts at t when H(t-1) > threshold.
 from __future__ import annotations
 
 import torch
-
 from blt.kernels.dispatch import choose
 
 CHUNK_ELEMENTS = 1 << 22  # float32 probabilities alive at once in the PyTorch path (16 MB)

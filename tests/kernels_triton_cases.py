@@ -12,10 +12,12 @@ import warnings
 
 import pytest
 import torch
-
-from blt import kernels, patch_ops
 from blt.patcher import entropy_from_logits
 from blt.patcher.schemes import entropy_starts
+
+from blt import kernels, patch_ops
+from blt.config import BLTConfig, LocalDecoderConfig, LocalEncoderConfig, TransformerConfig
+from blt.model import BLT
 
 needs_interpreter = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1", reason="run by tests/test_kernels_triton.py with TRITON_INTERPRET=1"
@@ -57,6 +59,28 @@ def assert_same(a, b, atol=1e-5):
 
 def leaf(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
     return (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale).requires_grad_()
+
+
+def tiny_blt(cross_all: bool) -> tuple[BLT, torch.Tensor, torch.Tensor]:
+    """A tiny random BLT, ids [2, 30] and patch lengths with patches of length 1, a long one and padding."""
+    torch.manual_seed(0)
+    layer = {"dim": 32, "n_heads": 2, "window": 16, "max_seq_len": 64}
+    config = BLTConfig(
+        cross_attn_k=2,
+        encoder=LocalEncoderConfig(n_layers=2, hash_ngram_sizes=[3, 4], hash_vocab=61, cross_attn_all_layers=cross_all, **layer),
+        global_transformer=TransformerConfig(dim=48, n_layers=1, n_heads=2, max_seq_len=64),
+        decoder=LocalDecoderConfig(n_layers=2, cross_attn_all_layers=cross_all, **layer),
+    )
+    ids = torch.randint(4, 260, (2, 30), generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([[1, 1, 12, 3, 1, 5, 7, 0], [1, 4, 4, 4, 4, 4, 4, 5]])
+    return BLT(config), ids, lengths
+
+
+def model_logits_and_grads(model: BLT, ids, lengths):
+    model.zero_grad()
+    logits = model(ids, lengths).logits
+    logits.square().mean().backward()
+    return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
 @needs_interpreter
@@ -149,3 +173,16 @@ def test_unsupported_dtype_falls_back_with_one_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         kernels.patch_pool(h, patch_ids, P, impl="triton")  # warned once only
+
+
+@needs_interpreter
+def test_blt_forward_and_backward_unchanged_with_triton(monkeypatch):
+    model, ids, lengths = tiny_blt(cross_all=True)
+    monkeypatch.setenv("BLT_KERNELS", "reference")
+    ref_logits, ref_grads = model_logits_and_grads(model, ids, lengths)
+    monkeypatch.setenv("BLT_KERNELS", "triton")
+    logits, grads_ = model_logits_and_grads(model, ids, lengths)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    assert len(grads_) == len(ref_grads)
+    for g, r in zip(grads_, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)

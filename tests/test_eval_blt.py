@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from blt.eval.cli import main
+from blt.eval.loading import load_model
 
 from blt.config import (
     BLTConfig,
@@ -87,3 +88,12 @@ def test_bad_patch_size_is_a_clear_error(blt_dir, text_corpus, capsys):
     argv = ["bpb", "--checkpoint", str(blt_dir), "--data", str(text_corpus), "--patching.scheme", "bogus"]
     assert main(argv) == 2
     assert "'bogus' is not one of" in capsys.readouterr().err
+
+
+def test_transformers_layout_blt_scores_the_same(blt_dir, tmp_path, text_corpus, capsys):
+    hf_dir = BLT.from_pretrained(blt_dir).save_pretrained(tmp_path / "hf", format="hf")
+    assert load_model(hf_dir).kind == "hf-blt"
+    ours = bpb(capsys, blt_dir, text_corpus, "--context", "256", "--max-documents", "3")
+    theirs = bpb(capsys, hf_dir, text_corpus, "--context", "256", "--max-documents", "3")
+    assert theirs["n_bytes"] == ours["n_bytes"] and theirs["bytes_per_unit"] == ours["bytes_per_unit"]
+    assert theirs["bits"] == pytest.approx(ours["bits"], rel=1e-5)

@@ -274,6 +274,15 @@ def test_cli_config_reports_every_model_section(capsys):
     assert f"{report['models']['baseline']['inference_flops_per_byte']:.1e}" == "3.1e+08"
 
 
+def test_cli_reports_a_bundled_entropy_model(tmp_path, capsys):
+    path = tmp_path / "bundled.yaml"
+    path.write_text("blt:\n  entropy_model: {dim: 32, n_layers: 1, n_heads: 2}\n")
+    assert flops_main(["--config", str(path), "--context-bytes", "512", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    expected = entropy_flops_per_byte(EntropyModelConfig(dim=32, n_layers=1, n_heads=2), context_bytes=512)
+    assert report["models"]["entropy"]["inference_flops_per_byte"] == expected.inference_flops_per_byte
+
+
 def test_cli_text_output(capsys):
     assert flops_main(["--config", str(CONFIGS / "entropy-100m.yaml")]) == 0
     out = capsys.readouterr().out

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from kernels_triton_cases import assert_same, grads, leaf, patch_ids_case
-
-from blt import kernels, patch_ops
-from blt.config import BLTConfig, ConfigError, LocalDecoderConfig, LocalEncoderConfig, TransformerConfig
 from blt.kernels import entropy as entropy_module
 from blt.kernels.hash_embedding import table_rows
-from blt.model import BLT
 from blt.patcher import entropy_from_logits
 from blt.patcher.schemes import entropy_starts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kernels_triton_cases import assert_same, grads, leaf, model_logits_and_grads, patch_ids_case, tiny_blt
+
+from blt import kernels, patch_ops
+from blt.config import ConfigError
 
 SETTINGS = settings(max_examples=30, deadline=None)
 
@@ -145,7 +144,7 @@ def test_entropy_torch_path(monkeypatch, chunk):
     out = kernels.entropy_from_logits(logits)
     assert_same(out, ref)
     assert_same(grads(out, (logits,)), grads(ref, (logits,)))
-    h, starts = kernels.entropy_patch_starts(logits, 3.0)
+    _, starts = kernels.entropy_patch_starts(logits, 3.0)
     assert torch.equal(starts, entropy_starts(ref.detach(), 3.0))
     assert starts[:, :2].all() and 0 < int(starts[:, 2:].sum()) < starts[:, 2:].numel()
 
@@ -194,30 +193,9 @@ def test_bad_mode_and_triton_on_the_cpu(monkeypatch):
 # the whole model: kernels switched on give the plain model's logits and gradients
 
 
-def tiny_blt(cross_all: bool) -> BLT:
-    torch.manual_seed(0)
-    layer = dict(dim=32, n_heads=2, window=16, max_seq_len=64)
-    config = BLTConfig(
-        cross_attn_k=2,
-        encoder=LocalEncoderConfig(n_layers=2, hash_ngram_sizes=[3, 4], hash_vocab=61, cross_attn_all_layers=cross_all, **layer),
-        global_transformer=TransformerConfig(dim=48, n_layers=1, n_heads=2, max_seq_len=64),
-        decoder=LocalDecoderConfig(n_layers=2, cross_attn_all_layers=cross_all, **layer),
-    )
-    return BLT(config)
-
-
-def model_logits_and_grads(model: BLT, ids, lengths):
-    model.zero_grad()
-    logits = model(ids, lengths).logits
-    logits.square().mean().backward()
-    return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
-
-
 @pytest.mark.parametrize("cross_all", [False, True])
 def test_blt_forward_unchanged_with_kernels(monkeypatch, cross_all):
-    model = tiny_blt(cross_all)
-    ids = torch.randint(4, 260, (2, 30), generator=torch.Generator().manual_seed(1))
-    lengths = torch.tensor([[1, 1, 12, 3, 1, 5, 7, 0], [1, 4, 4, 4, 4, 4, 4, 5]])
+    model, ids, lengths = tiny_blt(cross_all)
     monkeypatch.setenv("BLT_KERNELS", "reference")
     ref_logits, ref_grads = model_logits_and_grads(model, ids, lengths)
     monkeypatch.setenv("BLT_KERNELS", "torch")

@@ -1,4 +1,4 @@
-"""Patching schemes, the entropy model, calibration and bad input (blt.patcher)."""
+"""blt.patcher: schemes, entropy model, calibration, streaming, parity with transformers, bad input."""
 
 import json
 
@@ -7,9 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from safetensors.torch import save_file
+
 from blt.checkpoint import CheckpointError, save_pretrained
 from blt.config import ConfigError, EntropyModelConfig, PatchingConfig, from_dict
-from blt.patcher import EntropyModel, calibrate_threshold, entropy_from_logits, patch_lengths
+from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
+from blt.patcher import EntropyModel, StreamingPatcher, calibrate_threshold, entropy_from_logits, patch_lengths
 from blt.patcher.schemes import SCHEMES, entropy_starts, relative_starts, spacelike
 from blt.tokenizer import encode
 
@@ -280,3 +283,136 @@ def test_calibration_other_schemes_and_errors():
         calibrate_threshold(docs, ent, 4.0, patching=PatchingConfig("static"))
     with pytest.raises(ValueError, match="same positive number"):
         calibrate_threshold([], [], 4.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# streaming
+
+
+def gap_threshold(entropies, q):
+    """A threshold near quantile q that sits in a wide gap between entropy values, so float noise of
+    1e-6 between two computations cannot flip a comparison."""
+    values = entropies.flatten().sort().values
+    i = int(q * (len(values) - 1))
+    gaps = values[1:] - values[:-1]
+    j = max(range(max(i - 5, 0), min(i + 5, len(gaps))), key=lambda k: gaps[k])
+    assert gaps[j] > 1e-4
+    return float(values[j] + values[j + 1]) / 2
+
+
+@pytest.mark.parametrize(
+    "scheme,max_len", [("entropy", None), ("entropy", 3), ("relative", None), ("combined", 4), ("static", 2),
+                       ("space", 3), ("byte", None)]
+)
+def test_streaming_equals_batch(scheme, max_len):
+    model = tiny_model(window=8)
+    ids = torch.tensor([encode("the cat sat on the mat, didn't it? yes."), encode("Über-naïve 1234 ok ok ok!!!  ...   x7")])
+    batch_ent = model.entropies(ids)
+    rise = batch_ent[:, 1:] - batch_ent[:, :-1]
+    patching = PatchingConfig(scheme, gap_threshold(batch_ent, 0.5), gap_threshold(rise, 0.6), 3, max_len)
+    streaming = StreamingPatcher(patching, model, batch_size=2)
+    streaming.feed(ids[:, :5])  # a prompt in one go, then one byte at a time
+    for t in range(5, ids.shape[1]):
+        predicted = streaming.next_starts()
+        assert torch.equal(streaming.push(ids[:, t]), predicted)
+    torch.testing.assert_close(streaming.entropies(), batch_ent, atol=1e-5, rtol=1e-5)
+    assert torch.equal(streaming.patch_lengths(), patch_lengths(ids, patching, batch_ent))
+
+
+def test_streaming_kv_cache_is_bounded_and_rows_can_leave():
+    model = tiny_model(window=8)
+    ids = torch.randint(4, 260, (3, 30), generator=torch.Generator().manual_seed(5))
+    patching = PatchingConfig("entropy", threshold=gap_threshold(model.entropies(ids), 0.5))
+    streaming = StreamingPatcher(patching, model, batch_size=3)
+    for t in range(20):
+        streaming.push(ids[:, t])
+    assert all(len(layer) == 8 for layer in streaming.cache)
+    rows = torch.tensor([0, 2])
+    streaming.select(rows)
+    for t in range(20, 30):
+        streaming.push(ids[rows, t])
+    kept = ids[rows]
+    assert torch.equal(streaming.patch_lengths(), patch_lengths(kept, patching, model.entropies(kept)))
+
+
+def test_streaming_without_model_and_errors():
+    streaming = StreamingPatcher(PatchingConfig("static", patch_size=2))
+    assert [bool(streaming.push(i)) for i in encode("abcde")] == [True, True, False, True, False, True]
+    with pytest.raises(ValueError, match="needs an entropy model"):
+        StreamingPatcher(PatchingConfig("entropy"))
+    with pytest.raises(ConfigError, match="unknown patching scheme"):
+        StreamingPatcher(PatchingConfig(scheme="words"))
+    with pytest.raises(ValueError, match="outside"):
+        streaming.push(300)
+    with pytest.raises(ValueError, match="empty input"):
+        StreamingPatcher(PatchingConfig("byte")).patch_lengths()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# parity with transformers' BltPatcher
+
+
+def hf_patcher(seed=0):
+    from transformers.models.blt.configuration_blt import BltPatcherConfig
+    from transformers.models.blt.modeling_blt import BltPatcher
+
+    torch.manual_seed(seed)
+    config = BltPatcherConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, sliding_window=8,
+        max_position_embeddings=128, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    hf = BltPatcher(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.4)
+    ours = EntropyModel(EntropyModelConfig(dim=32, n_layers=2, n_heads=4, ffn_dim=48, window=8, max_seq_len=128,
+                                           rope_theta=10000.0))
+    ours.load_state_dict(from_hf(hf.state_dict(), ENTROPY_MODEL_RULES))
+    return hf, ours.eval()
+
+
+def hf_starts(lengths, T):
+    """Patch starts of BltPatcher's output: its padding holds zeros, negative lengths or a patch beyond
+    the sequence, so read the starts off the running sum and keep those inside the sequence."""
+    starts = torch.zeros(T, dtype=torch.bool)
+    begin = torch.cumsum(lengths, 0) - lengths
+    starts[begin[begin < T]] = True
+    return starts
+
+
+@pytest.mark.parametrize("max_len", [None, 3])
+def test_entropy_patches_equal_transformers_blt_patcher(max_len):
+    hf, ours = hf_patcher()
+    ids = torch.randint(4, 260, (3, 40), generator=torch.Generator().manual_seed(6))
+    ids[:, 0] = 1
+    ent = ours.entropies(ids)
+    for q in (0.2, 0.5, 0.8):
+        threshold = gap_threshold(ent, q)
+        with torch.no_grad():
+            hf_ent, hf_lengths, _ = hf(ids, patch_size=4, threshold=threshold, max_patch_length=max_len)
+        torch.testing.assert_close(ent, hf_ent, atol=1e-4, rtol=1e-4)
+        lengths = patch_lengths(ids, PatchingConfig("entropy", threshold=threshold, max_patch_length=max_len), ent)
+        for row in range(3):
+            assert torch.equal(hf_starts(lengths[row], 40), hf_starts(hf_lengths[row], 40))
+
+
+def test_load_patcher_of_a_transformers_blt_directory(tmp_path):
+    hf, ours = hf_patcher(seed=1)
+    config = {
+        "model_type": "blt",
+        "patcher_config": {**hf.config.to_dict(), "model_type": "blt_patcher"},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    tensors = {f"model.patcher.{k}": v.contiguous() for k, v in hf.state_dict().items()}
+    tensors["model.local_encoder.embed_tokens.weight"] = torch.zeros(260, 8)
+    save_file(tensors, tmp_path / "model.safetensors")
+    loaded = EntropyModel.from_pretrained(tmp_path)
+    assert loaded.config.window == 8 and loaded.config.rope_theta == 10000.0 and loaded.config.ffn_dim == 48
+    ids = torch.randint(0, 260, (2, 25), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        hf_ent = hf(ids)[0]
+    torch.testing.assert_close(loaded.entropies(ids), hf_ent, atol=1e-4, rtol=1e-4)
+    save_file({"model.local_encoder.embed_tokens.weight": torch.zeros(260, 8)}, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="no patcher tensors"):
+        EntropyModel.from_pretrained(tmp_path)

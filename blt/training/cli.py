@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
+from blt.baseline import TOKENIZER_FILE, BPETokenizer, train_tokenizer
 from blt.checkpoint import CheckpointError, read_config
 from blt.config import ConfigError, describe, to_dict
 from blt.data import iter_documents
@@ -111,6 +112,19 @@ def check_entropy_vocab(directory: Path, vocab_size: int) -> None:
         )
 
 
+def baseline_tokenizer(run: RunConfig, run_dir: Path, resume: bool) -> BPETokenizer:
+    """The baseline's BPE tokenizer: trained on the training split (kept in the run directory for resuming)."""
+    path = run_dir / TOKENIZER_FILE
+    if resume and path.is_file():
+        return BPETokenizer.load(path)
+    say(f"training a {run.baseline.vocab_size}-piece BPE tokenizer on the training split")
+    tokenizer = train_tokenizer(iter_documents(run.data, "train"), run.baseline.vocab_size, run.baseline.tokenizer)
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(path)
+    return tokenizer
+
+
 def train(command: str, run: RunConfig, config_path: str | None, resume: str | None, entropy_dir: str | None) -> dict:
     run_dir = Path(run.trainer.output_dir) / run_name(run, command, config_path)
     resume_path = None
@@ -127,6 +141,8 @@ def train(command: str, run: RunConfig, config_path: str | None, resume: str | N
         source = Path(entropy_dir) if entropy_dir is not None else entropy_model_dir(run, run_dir, resume is not None)
         check_entropy_vocab(source, run.blt.vocab_size)
         extra["entropy_dir"] = source
+    if command == "baseline":
+        extra["tokenizer"] = baseline_tokenizer(run, run_dir, resume_path is not None)
     summary = fit(command, run, run_dir, run.trainer.max_steps, resume_path, **extra)
     say(f"\n{command}: validation bits-per-byte {summary['val_bpb']:.3f} after {summary['steps']} steps "
         f"({summary['bytes_seen']:,} bytes); run directory {run_dir}")

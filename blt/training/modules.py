@@ -17,14 +17,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from blt.baseline import BaselineLM, BPETokenizer
 from blt.config import to_dict
+from blt.data import PackedBatches
 from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
 from blt.model import BLT
 from blt.patcher import EntropyModel
 from blt.tokenizer import OFFSET, PAD_ID
 from blt.training.callbacks import NonFiniteLossError
 from blt.training.config import OptimConfig, RunConfig
-from blt.training.datamodule import TrainStream, ValSet
+from blt.training.datamodule import TokenBatches, TrainStream, ValSet, token_stream
 
 STATE_KEY = "blt_training"  # our entry in the Lightning checkpoint
 
@@ -92,13 +94,15 @@ class LMTask(L.LightningModule):
         nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID, reduction="sum")
         return {"nll": nll, "tokens": (targets != PAD_ID).sum(), "bytes": (targets >= OFFSET).sum()}
 
+    def batches(self, split: str) -> PackedBatches:
+        """This rank's shard of ``split``."""
+        return PackedBatches(self.run.data, split, self.trainer.global_rank, self.trainer.world_size)
+
     def train_dataloader(self):
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        return TrainStream(self.run.data, rank, world, self.data_state)
+        return TrainStream(self.batches("train"), self.data_state)
 
     def val_dataloader(self):
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        return ValSet(self.run.data, self.run.trainer.val_batches, rank, world)
+        return ValSet(self.batches("val"), self.run.trainer.val_batches)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         sums = self.score(batch)
@@ -262,7 +266,43 @@ class BLTTask(LMTask):
         return extras
 
 
-TASKS = {"entropy": EntropyTask, "blt": BLTTask}
+class BaselineTask(LMTask):
+    """Trains the tokenized baseline on the BPE token stream of the same training split."""
+
+    kind = "baseline"
+
+    def __init__(self, run: RunConfig, max_steps: int, tokenizer: BPETokenizer):
+        self.tokenizer = tokenizer
+        self.tokens = {split: token_stream(run.data, split, tokenizer.encode) for split in ("train", "val")}
+        # bytes of text behind every token id (0 for BOS, EOS, padding): the bits-per-byte denominator
+        self.id_bytes = torch.tensor([len(b) for b in tokenizer.id_bytes])
+        lengths = self.id_bytes[torch.from_numpy(self.tokens["train"]).long()]
+        self.bytes_per_token = float(lengths.sum()) / max(1, int((lengths > 0).sum()))
+        super().__init__(run, max_steps)
+
+    def build_model(self) -> BaselineLM:
+        return BaselineLM(self.run.baseline, self.tokenizer)
+
+    def batches(self, split: str) -> TokenBatches:
+        return TokenBatches(self.run.data, self.tokens[split], split, self.trainer.global_rank, self.trainer.world_size)
+
+    def score(self, batch):
+        ids = batch["ids"]
+        targets = ids[:, 1:]
+        logits = self.model(ids[:, :-1])
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+        n_bytes = self.id_bytes.to(ids.device)[targets].sum()
+        return {"nll": nll, "tokens": torch.tensor(targets.numel(), device=ids.device), "bytes": n_bytes}
+
+    def flop_count(self):
+        bpt, vocab = self.bytes_per_token, self.tokenizer.vocab_size
+        return tokenized_flops_per_byte(self.run.baseline, vocab, self.run.data.seq_len * bpt, bpt)
+
+    def summary_extras(self) -> dict[str, Any]:
+        return {"bytes_per_token": self.bytes_per_token, "vocab_size": self.tokenizer.vocab_size}
+
+
+TASKS = {"entropy": EntropyTask, "blt": BLTTask, "baseline": BaselineTask}
 
 
 def task_for(command: str, run: RunConfig, max_steps: int, **kwargs: Any) -> LMTask:

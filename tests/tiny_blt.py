@@ -1,0 +1,45 @@
+"""Tiny BLT models shared by the model, transformers-parity and generation tests."""
+
+from __future__ import annotations
+
+import torch
+
+from blt.config import (
+    BLTConfig,
+    EntropyModelConfig,
+    LocalDecoderConfig,
+    LocalEncoderConfig,
+    PatchingConfig,
+    TransformerConfig,
+)
+from blt.model import BLT
+
+
+def tiny_config(threshold: float = 5.0, entropy: bool = True, max_seq_len: int = 512, **patching) -> BLTConfig:
+    return BLTConfig(
+        cross_attn_k=2,
+        encoder=LocalEncoderConfig(dim=32, n_heads=2, window=8, hash_vocab=61, hash_ngram_sizes=[2, 3, 4],
+                                   max_seq_len=max_seq_len),
+        decoder=LocalDecoderConfig(dim=32, n_heads=2, n_layers=2, window=8, ffn_dim=48, max_seq_len=max_seq_len),
+        global_transformer=TransformerConfig(dim=48, n_layers=1, n_heads=2, ffn_dim=64, max_seq_len=max_seq_len),
+        patching=PatchingConfig(threshold=threshold, **patching),
+        entropy_model=EntropyModelConfig(dim=32, n_layers=1, n_heads=2, ffn_dim=48, window=16) if entropy else None,
+    )
+
+
+def tiny_blt(seed: int = 0, **kwargs) -> BLT:
+    """A random tiny BLT whose entropy threshold sits at the median entropy, so patches vary in length."""
+    torch.manual_seed(seed)
+    model = BLT(tiny_config(**kwargs)).eval()
+    if model.patcher is not None and "threshold" not in kwargs:
+        ids = random_ids(2, 64, seed)
+        model.config.patching.threshold = float(model.patcher.entropies(ids).median())
+    return model
+
+
+def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """Random byte ids with BOS first."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 260, (batch, length), generator=g)
+    ids[:, 0] = 1
+    return ids
