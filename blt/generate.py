@@ -27,6 +27,7 @@ from blt.tokenizer import EOS_ID, OFFSET, check_ids, decode, encode
 class IncrementalDecoder:
     """Caches of all four parts for one sequence; :attr:`logits` predict the byte after the last one fed."""
 
+    @torch.no_grad()
     def __init__(self, model, ids: torch.Tensor):
         """ids [T] (T >= 1): the prompt, run in one chunk through every part."""
         self.model = model
@@ -65,6 +66,7 @@ class IncrementalDecoder:
         if n > self.max_patches:
             raise ValueError(f"{n} patches exceed global_transformer.max_seq_len ({self.max_patches})")
 
+    @torch.no_grad()
     def push(self, token: int) -> torch.Tensor:
         """Feed one id; returns the logits [vocab] for the id after it."""
         model = self.model

@@ -221,6 +221,7 @@ def config_to_hf(config: BLTConfig) -> dict[str, Any]:
         tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": glob.rope_theta},
         dtype="float32",
+        use_cache=False,  # transformers' BLT cache path fails (5.x); without it forward and generate work
     )
     if config.entropy_model is not None:
         e = config.entropy_model

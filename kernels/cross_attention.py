@@ -32,7 +32,9 @@ def _segment_softmax_pool(s: torch.Tensor, v: torch.Tensor, seg: torch.Tensor, n
     e = torch.exp(s - m.gather(2, seg))  # the max shift only steadies exp: no gradient through it
     z = s.new_zeros(B, H, n_seg + 1).scatter_add(2, seg, e)
     w = e / z.gather(2, seg)
-    out = v.new_zeros(B, H, n_seg + 1, Dh).scatter_add(2, seg.unsqueeze(-1).expand(B, H, T, Dh), w.unsqueeze(-1) * v)
+    out = v.new_zeros(B, H, n_seg + 1, Dh).scatter_add(
+        2, seg.unsqueeze(-1).expand(B, H, T, Dh), w.unsqueeze(-1) * v
+    )
     return out[:, :, :n_seg]
 
 
@@ -45,7 +47,9 @@ def _patch_query_torch(q, k, v, patch_ids, k_rep):
     qp = torch.cat([qf.view(B, H, P, k_rep, Dh), qf.new_zeros(B, H, 1, k_rep, Dh)], dim=2)  # scratch patch
     outs = []
     for j in range(k_rep):  # one query slot at a time keeps every intermediate at [B, H, T, Dh]
-        qt = qp[:, :, :, j].gather(2, seg.unsqueeze(-1).expand(B, H, T, Dh))  # [B, H, T, Dh] query seeing byte t
+        qt = qp[:, :, :, j].gather(
+            2, seg.unsqueeze(-1).expand(B, H, T, Dh)
+        )  # [B, H, T, Dh] query seeing byte t
         s = (qt * kf).sum(-1)  # [B, H, T]
         outs.append(_segment_softmax_pool(s, vf, seg, P))
     return torch.stack(outs, dim=3).reshape(B, H, PK, Dh).to(q.dtype)
@@ -66,7 +70,13 @@ def _byte_query_torch(q, k, v, patch_ids, k_rep):
 def _check(q, k, v, patch_ids, k_rep, patches_query: bool) -> None:
     if k_rep < 1:
         raise ValueError(f"k_rep must be >= 1, got {k_rep}")
-    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+    if (
+        q.dim() != 4
+        or k.shape != v.shape
+        or k.dim() != 4
+        or q.shape[:2] != k.shape[:2]
+        or q.shape[3] != k.shape[3]
+    ):
         raise ValueError(
             f"expected q [B, H, Tq, Dh] and k, v [B, H, Tk, Dh] of one shape; got q {tuple(q.shape)}, "
             f"k {tuple(k.shape)}, v {tuple(v.shape)}"
@@ -74,11 +84,17 @@ def _check(q, k, v, patch_ids, k_rep, patches_query: bool) -> None:
     patches, byte_states = (q, k) if patches_query else (k, q)
     if patches.shape[2] % k_rep:
         raise ValueError(f"{patches.shape[2]} patch rows are not a multiple of k_rep={k_rep}")
-    check_patch_ids(patch_ids, byte_states.shape[0], byte_states.shape[2])
+    check_patch_ids(patch_ids, byte_states.shape[0], byte_states.shape[2], q.device)
 
 
 def patch_query_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patch_ids: torch.Tensor, k_rep: int, *, impl: str | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    patch_ids: torch.Tensor,
+    k_rep: int,
+    *,
+    impl: str | None = None,
 ) -> torch.Tensor:
     """Patches attend to their own bytes (local encoder); see :func:`blt.patch_ops.patch_query_attention`.
 
@@ -96,7 +112,13 @@ def patch_query_attention(
 
 
 def byte_query_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patch_ids: torch.Tensor, k_rep: int, *, impl: str | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    patch_ids: torch.Tensor,
+    k_rep: int,
+    *,
+    impl: str | None = None,
 ) -> torch.Tensor:
     """Bytes attend to the k_rep rows of their patch (local decoder); see
     :func:`blt.patch_ops.byte_query_attention`.

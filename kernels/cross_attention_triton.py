@@ -1,4 +1,4 @@
-"""Triton kernels of the patch cross-attentions (forward and backward); see :mod:`blt.kernels.cross_attention`.
+"""Triton kernels of the patch cross-attentions, forward and backward; see blt.kernels.cross_attention.
 
 Both directions run one program per (batch row, head, patch) over :class:`PatchLayout`, so a program only
 ever touches its patch's bytes and its patch's k_rep rows: the work is linear in the bytes.
@@ -39,11 +39,25 @@ def _patch_run(order_ptr, b, T, start, i, count, BLOCK_L: tl.constexpr):
 
 @triton.jit
 def _patch_query_fwd(
-    q_ptr, k_ptr, v_ptr, order_ptr, starts_ptr, counts_ptr, out_ptr, lse_ptr,
-    H, T, P, Dh, k_rep, scale,
-    BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_DH: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    order_ptr,
+    starts_ptr,
+    counts_ptr,
+    out_ptr,
+    lse_ptr,
+    H,
+    T,
+    P,
+    Dh,
+    k_rep,
+    scale,
+    BLOCK_K: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
 ):
-    bh, p = tl.program_id(0), tl.program_id(1)
+    bh, p = tl.program_id(0) // P, tl.program_id(0) % P  # one flat grid: no 65535 limit on P
     b = bh // H
     j, d = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_DH)
     jmask, dmask = j < k_rep, d < Dh
@@ -67,18 +81,39 @@ def _patch_query_fwd(
         m = m_new
     nonempty = denom > 0
     out = tl.where(nonempty[:, None], acc / tl.where(nonempty, denom, 1.0)[:, None], 0.0)
-    tl.store(out_ptr + qrows[:, None] * Dh + d[None, :], out.to(out_ptr.dtype.element_ty), mask=jmask[:, None] & dmask[None, :])
+    tl.store(
+        out_ptr + qrows[:, None] * Dh + d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=jmask[:, None] & dmask[None, :],
+    )
     tl.store(lse_ptr + qrows, tl.where(nonempty, m + tl.log(tl.where(nonempty, denom, 1.0)), 0.0), mask=jmask)
 
 
 @triton.jit
 def _patch_query_bwd(
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, grad_out_ptr, order_ptr, starts_ptr, counts_ptr,
-    dq_ptr, dk_ptr, dv_ptr,
-    H, T, P, Dh, k_rep, scale,
-    BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_DH: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    out_ptr,
+    lse_ptr,
+    grad_out_ptr,
+    order_ptr,
+    starts_ptr,
+    counts_ptr,
+    dq_ptr,
+    dk_ptr,
+    dv_ptr,
+    H,
+    T,
+    P,
+    Dh,
+    k_rep,
+    scale,
+    BLOCK_K: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
 ):
-    bh, p = tl.program_id(0), tl.program_id(1)
+    bh, p = tl.program_id(0) // P, tl.program_id(0) % P  # one flat grid: no 65535 limit on P
     b = bh // H
     j, d = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_DH)
     jmask, dmask = j < k_rep, d < Dh
@@ -103,7 +138,11 @@ def _patch_query_bwd(
         bmask = lmask[:, None] & dmask[None, :]
         tl.store(dk_ptr + brows, dk.to(dk_ptr.dtype.element_ty), mask=bmask)
         tl.store(dv_ptr + brows, dv.to(dv_ptr.dtype.element_ty), mask=bmask)
-    tl.store(dq_ptr + qrows[:, None] * Dh + d[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=jmask[:, None] & dmask[None, :])
+    tl.store(
+        dq_ptr + qrows[:, None] * Dh + d[None, :],
+        (dq * scale).to(dq_ptr.dtype.element_ty),
+        mask=jmask[:, None] & dmask[None, :],
+    )
 
 
 @triton.jit
@@ -117,11 +156,24 @@ def _byte_query_probs(q, k, jmask):
 
 @triton.jit
 def _byte_query_fwd(
-    q_ptr, k_ptr, v_ptr, order_ptr, starts_ptr, counts_ptr, out_ptr,
-    H, T, P, Dh, k_rep, scale,
-    BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_DH: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    order_ptr,
+    starts_ptr,
+    counts_ptr,
+    out_ptr,
+    H,
+    T,
+    P,
+    Dh,
+    k_rep,
+    scale,
+    BLOCK_K: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
 ):
-    bh, p = tl.program_id(0), tl.program_id(1)
+    bh, p = tl.program_id(0) // P, tl.program_id(0) % P  # one flat grid: no 65535 limit on P
     b = bh // H
     j, d = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_DH)
     jmask, dmask = j < k_rep, d < Dh
@@ -134,16 +186,36 @@ def _byte_query_fwd(
         q = _rows(q_ptr, bh * T + pos, d, lmask, dmask, Dh) * scale  # [BL, BD]
         w = _byte_query_probs(q, k, jmask)
         out = tl.sum(w[:, :, None] * v[None, :, :], 1)  # [BL, BD]
-        tl.store(out_ptr + (bh * T + pos)[:, None] * Dh + d[None, :], out.to(out_ptr.dtype.element_ty), mask=lmask[:, None] & dmask[None, :])
+        tl.store(
+            out_ptr + (bh * T + pos)[:, None] * Dh + d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=lmask[:, None] & dmask[None, :],
+        )
 
 
 @triton.jit
 def _byte_query_bwd(
-    q_ptr, k_ptr, v_ptr, grad_out_ptr, order_ptr, starts_ptr, counts_ptr, dq_ptr, dk_ptr, dv_ptr,
-    H, T, P, Dh, k_rep, scale,
-    BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_DH: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    grad_out_ptr,
+    order_ptr,
+    starts_ptr,
+    counts_ptr,
+    dq_ptr,
+    dk_ptr,
+    dv_ptr,
+    H,
+    T,
+    P,
+    Dh,
+    k_rep,
+    scale,
+    BLOCK_K: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
 ):
-    bh, p = tl.program_id(0), tl.program_id(1)
+    bh, p = tl.program_id(0) // P, tl.program_id(0) % P  # one flat grid: no 65535 limit on P
     b = bh // H
     j, d = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_DH)
     jmask, dmask = j < k_rep, d < Dh
@@ -163,7 +235,11 @@ def _byte_query_bwd(
         dv += tl.sum(w[:, :, None] * do[:, None, :], 0)
         dw = tl.sum(do[:, None, :] * v[None, :, :], 2)  # [BL, BK]
         ds = w * (dw - tl.sum(w * dw, 1)[:, None])
-        tl.store(dq_ptr + brows, (tl.sum(ds[:, :, None] * k[None, :, :], 1) * scale).to(dq_ptr.dtype.element_ty), mask=bmask)
+        tl.store(
+            dq_ptr + brows,
+            (tl.sum(ds[:, :, None] * k[None, :, :], 1) * scale).to(dq_ptr.dtype.element_ty),
+            mask=bmask,
+        )
         dk += tl.sum(ds[:, :, None] * q[:, None, :], 0)
     kmask = jmask[:, None] & dmask[None, :]
     tl.store(dk_ptr + krows[:, None] * Dh + d[None, :], (dk * scale).to(dk_ptr.dtype.element_ty), mask=kmask)
@@ -187,7 +263,7 @@ class _PatchQueryAttention(torch.autograd.Function):
         lse = torch.empty(B, H, PK, dtype=torch.float32, device=q.device)
         args = (H, T, P, Dh, k_rep, 1.0 / math.sqrt(Dh))
         if B * H * P:
-            _patch_query_fwd[(B * H, P)](q, k, v, *layout, out, lse, *args, **_meta(k_rep, Dh))
+            _patch_query_fwd[(B * H * P,)](q, k, v, *layout, out, lse, *args, **_meta(k_rep, Dh))
         ctx.save_for_backward(q, k, v, out, lse, *layout)
         ctx.args = args
         return out
@@ -199,7 +275,7 @@ class _PatchQueryAttention(torch.autograd.Function):
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         _, _, P, _, k_rep, _ = ctx.args
         if B * H * P:
-            _patch_query_bwd[(B * H, P)](
+            _patch_query_bwd[(B * H * P,)](
                 q, k, v, out, lse, grad_out.contiguous(), *layout, dq, dk, dv, *ctx.args, **_meta(k_rep, Dh)
             )
         return dq, dk, dv, None, None
@@ -217,7 +293,7 @@ class _ByteQueryAttention(torch.autograd.Function):
         out = torch.zeros_like(q)  # bytes of no patch stay 0
         args = (H, T, P, Dh, k_rep, 1.0 / math.sqrt(Dh))
         if B * H * P:
-            _byte_query_fwd[(B * H, P)](q, k, v, *layout, out, *args, **_meta(k_rep, Dh))
+            _byte_query_fwd[(B * H * P,)](q, k, v, *layout, out, *args, **_meta(k_rep, Dh))
         ctx.save_for_backward(q, k, v, *layout)
         ctx.args = args
         return out
@@ -229,7 +305,9 @@ class _ByteQueryAttention(torch.autograd.Function):
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         _, _, P, _, k_rep, _ = ctx.args
         if B * H * P:
-            _byte_query_bwd[(B * H, P)](q, k, v, grad_out.contiguous(), *layout, dq, dk, dv, *ctx.args, **_meta(k_rep, Dh))
+            _byte_query_bwd[(B * H * P,)](
+                q, k, v, grad_out.contiguous(), *layout, dq, dk, dv, *ctx.args, **_meta(k_rep, Dh)
+            )
         return dq, dk, dv, None, None
 
 

@@ -49,20 +49,21 @@ def interpreting() -> bool:
 def warn_once(op: str, reason: str) -> None:
     if (op, reason) not in _warned:
         _warned.add((op, reason))
-        warnings.warn(f"blt.kernels.{op}: {reason}; using the PyTorch path instead", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"blt.kernels.{op}: {reason}; using the PyTorch path instead", RuntimeWarning, stacklevel=3
+        )
 
 
 def choose(op: str, x: torch.Tensor, impl: str | None = None) -> str:
     """``"triton"``, ``"torch"`` or ``"reference"`` for operation ``op`` on floating tensor ``x``."""
     mode = kernel_mode(impl)
-    if mode in ("torch", "reference"):
+    if mode == "auto":
+        mode = "triton" if x.is_cuda else "torch"
+    if mode != "triton":
         return mode
-    on_device = x.is_cuda or (mode == "triton" and interpreting())
-    if mode == "auto" and not x.is_cuda:
-        return "torch"
-    if not on_device:
+    if not (x.is_cuda or interpreting()):
         raise ValueError(
-            f"blt.kernels.{op}: the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 to run on the CPU); "
+            f"blt.kernels.{op}: the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 on the CPU); "
             f"got a tensor on {x.device}"
         )
     if not triton_available():

@@ -18,20 +18,25 @@ from __future__ import annotations
 import torch
 from blt.kernels.dispatch import choose
 
-CHUNK_ELEMENTS = 1 << 22  # float32 probabilities alive at once in the PyTorch path (16 MB)
+CHUNK_ELEMENTS = 1 << 20  # logits per chunk in the PyTorch path: two float32 temporaries of 4 MB each
 
 
-def _entropy_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x [N, V] -> (H [N], p [N, V], x - E_p[x] [N, V] with 0 where p == 0), all float32."""
-    x = x.float()
-    x = x - x.amax(-1, keepdim=True)
+def _entropy_chunk(x: torch.Tensor) -> torch.Tensor:
+    """x [N, V] -> H [N] float32 with two [N, V] temporaries (shifted logits, their exponentials)."""
+    x = x.float() - x.amax(-1, keepdim=True).float()
+    x.clamp_(min=torch.finfo(torch.float32).min)  # -inf logits: exp gives 0 and 0 * x stays finite
     e = torch.exp(x)
-    z = e.sum(-1, keepdim=True)
-    p = e / z
-    px = torch.where(p > 0, p * x, 0.0)
-    mean = px.sum(-1, keepdim=True)
-    centred = torch.where(p > 0, x - mean, 0.0)
-    return torch.log(z).squeeze(-1) - mean.squeeze(-1), p, centred
+    z = e.sum(-1)
+    return torch.log(z) - (e.unsqueeze(-2) @ x.unsqueeze(-1)).view(-1) / z  # log Z - sum_i p_i x_i
+
+
+def _entropy_grad_chunk(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """dH/dx [N, V] times the incoming gradient g [N, 1]."""
+    x = x.float() - x.amax(-1, keepdim=True).float()
+    x.clamp_(min=torch.finfo(torch.float32).min)
+    p = torch.softmax(x, dim=-1)
+    mean = (p.unsqueeze(-2) @ x.unsqueeze(-1)).view(-1, 1)
+    return -g * p * (x - mean)
 
 
 class _Entropy(torch.autograd.Function):
@@ -40,7 +45,7 @@ class _Entropy(torch.autograd.Function):
         ctx.save_for_backward(logits)
         rows = logits.reshape(-1, logits.shape[-1])
         step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
-        h = torch.cat([_entropy_rows(rows[i : i + step])[0] for i in range(0, rows.shape[0], step)])
+        h = torch.cat([_entropy_chunk(rows[i : i + step]) for i in range(0, rows.shape[0], step)])
         return h.view(logits.shape[:-1])
 
     @staticmethod
@@ -50,14 +55,15 @@ class _Entropy(torch.autograd.Function):
         step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
         parts = []
         for i in range(0, rows.shape[0], step):
-            _, p, centred = _entropy_rows(rows[i : i + step])
-            parts.append((-g[i : i + step] * p * centred).to(logits.dtype))
+            parts.append(_entropy_grad_chunk(rows[i : i + step], g[i : i + step]).to(logits.dtype))
         return torch.cat(parts).view(logits.shape)
 
 
 def _check(logits: torch.Tensor) -> None:
     if not logits.is_floating_point() or logits.dim() < 1 or logits.shape[-1] == 0:
-        raise ValueError(f"logits must be a float tensor [..., V] with V > 0, got {logits.dtype} {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must be a float tensor [..., V] with V > 0, got {logits.dtype} {tuple(logits.shape)}"
+        )
 
 
 def entropy_from_logits(logits: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:

@@ -29,8 +29,15 @@ def _row_softmax(x_ptr, rows, cols, N, V):
 
 @triton.jit
 def _entropy_fwd(
-    x_ptr, h_ptr, above_ptr, N, V, threshold,
-    BOUNDARY: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr,
+    x_ptr,
+    h_ptr,
+    above_ptr,
+    N,
+    V,
+    threshold,
+    BOUNDARY: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     _, _, _, h = _row_softmax(x_ptr, rows, tl.arange(0, BLOCK_V), N, V)
@@ -65,12 +72,21 @@ class _TritonEntropy(torch.autograd.Function):
         meta = _meta(V)
         if N:
             _entropy_fwd[(triton.cdiv(N, meta["BLOCK_R"]),)](
-                rows, h, above, N, V, 0.0 if threshold is None else threshold, BOUNDARY=threshold is not None, **meta
+                rows,
+                h,
+                above,
+                N,
+                V,
+                0.0 if threshold is None else threshold,
+                BOUNDARY=threshold is not None,
+                **meta,
             )
         ctx.save_for_backward(rows)
         ctx.shape = logits.shape
         ctx.mark_non_differentiable(above)
-        return h.view(logits.shape[:-1]), above.view(logits.shape[:-1]).bool() if threshold is not None else above
+        return h.view(logits.shape[:-1]), above.view(
+            logits.shape[:-1]
+        ).bool() if threshold is not None else above
 
     @staticmethod
     def backward(ctx, grad, _):
@@ -84,5 +100,5 @@ class _TritonEntropy(torch.autograd.Function):
 
 
 def triton_entropy(logits: torch.Tensor, threshold: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [..., V] -> (entropy [...] float32, H > threshold [...] bool, or a placeholder when threshold is None)."""
+    """logits [..., V] -> (entropy [...] float32, H > threshold [...] bool; placeholder without threshold)."""
     return _TritonEntropy.apply(logits, threshold)

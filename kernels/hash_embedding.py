@@ -23,7 +23,9 @@ from blt import patch_ops
 from blt.patch_ops import HASH_PRIMES
 
 
-def table_rows(ids: torch.Tensor, ngram_sizes: list[int], n_functions: int, hash_vocab: int) -> Iterator[torch.Tensor]:
+def table_rows(
+    ids: torch.Tensor, ngram_sizes: list[int], n_functions: int, hash_vocab: int
+) -> Iterator[torch.Tensor]:
     """Row indices [B, T] into the concatenated table, one table at a time (each table exactly once)."""
     ids = ids.long()
     sizes = list(ngram_sizes)
@@ -32,7 +34,9 @@ def table_rows(ids: torch.Tensor, ngram_sizes: list[int], n_functions: int, hash
         h = torch.zeros_like(ids)
         for n in range(1, max(sizes, default=0) + 1):
             shift = min(n - 1, ids.shape[1])  # ids[t - n + 1], id 0 before the start
-            h = F.pad(ids[:, : ids.shape[1] - shift], (shift, 0)) + prime * h  # int64 wraps like the reference
+            h = (
+                F.pad(ids[:, : ids.shape[1] - shift], (shift, 0)) + prime * h
+            )  # int64 wraps like the reference
             for i, size in enumerate(sizes):
                 if size == n:
                     yield torch.remainder(h, hash_vocab) + (f * len(sizes) + i) * hash_vocab
@@ -69,11 +73,18 @@ class _HashEmbedding(torch.autograd.Function):
 def check_hash_inputs(ids, byte_weight, hash_weight, ngram_sizes, n_functions, hash_vocab) -> None:
     if ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"ids must be an integer tensor [B, T], got {ids.dtype} of shape {tuple(ids.shape)}")
+    if ids.device != byte_weight.device or hash_weight.device != byte_weight.device:
+        raise ValueError(
+            f"ids ({ids.device}), byte_weight ({byte_weight.device}) and hash_weight ({hash_weight.device}) "
+            "must be on one device"
+        )
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= byte_weight.shape[0]):
         bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
         raise ValueError(f"id {bad} is outside the byte embedding's 0..{byte_weight.shape[0] - 1}")
     if any(n < 1 for n in ngram_sizes) or n_functions < 0 or hash_vocab < 1:
-        raise ValueError(f"bad hash spec: ngram_sizes={ngram_sizes}, n_functions={n_functions}, hash_vocab={hash_vocab}")
+        raise ValueError(
+            f"bad hash spec: ngram_sizes={ngram_sizes}, n_functions={n_functions}, hash_vocab={hash_vocab}"
+        )
     n_rows = n_functions * len(ngram_sizes) * hash_vocab
     if n_rows and tuple(hash_weight.shape) != (n_rows, byte_weight.shape[1]):
         raise ValueError(

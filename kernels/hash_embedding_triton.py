@@ -31,9 +31,21 @@ def _floor_mod(h, m):
 
 @triton.jit
 def _hash_embedding_fwd(
-    ids_ptr, byte_w_ptr, hash_w_ptr, primes_ptr, sizes_ptr, out_ptr,
-    N, T, D, n_functions, n_sizes, hash_vocab,
-    MAX_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    ids_ptr,
+    byte_w_ptr,
+    hash_w_ptr,
+    primes_ptr,
+    sizes_ptr,
+    out_ptr,
+    N,
+    T,
+    D,
+    n_functions,
+    n_sizes,
+    hash_vocab,
+    MAX_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # flat byte index b * T + t
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -50,16 +62,31 @@ def _hash_embedding_fwd(
             for s in range(n_sizes):
                 if tl.load(sizes_ptr + s) == n:
                     row = _floor_mod(h, hash_vocab) + (f * n_sizes + s) * hash_vocab
-                    acc += tl.load(hash_w_ptr + row[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                    acc += tl.load(hash_w_ptr + row[:, None] * D + cols[None, :], mask=mask, other=0.0).to(
+                        tl.float32
+                    )
     tl.store(out_ptr + rows[:, None] * D + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _hash_embedding_bwd(
-    ids_ptr, grad_ptr, grad_byte_ptr, grad_hash_ptr, primes_ptr, sizes_ptr,
-    N, T, D, n_functions, n_sizes, hash_vocab,
-    MAX_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    BYTE_GRAD: tl.constexpr, HASH_GRAD: tl.constexpr,
+    ids_ptr,
+    grad_ptr,
+    grad_byte_ptr,
+    grad_hash_ptr,
+    primes_ptr,
+    sizes_ptr,
+    N,
+    T,
+    D,
+    n_functions,
+    n_sizes,
+    hash_vocab,
+    MAX_N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BYTE_GRAD: tl.constexpr,
+    HASH_GRAD: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -94,7 +121,9 @@ class _TritonHashEmbedding(torch.autograd.Function):
         D = byte_weight.shape[1]
         ids = ids.long().contiguous()
         device = ids.device
-        primes = torch.tensor([HASH_PRIMES[f % len(HASH_PRIMES)] for f in range(n_functions)] or [0], device=device)
+        primes = torch.tensor(
+            [HASH_PRIMES[f % len(HASH_PRIMES)] for f in range(n_functions)] or [0], device=device
+        )
         sizes = torch.tensor(list(ngram_sizes) or [0], dtype=torch.long, device=device)
         spec = (n_functions if ngram_sizes else 0, len(ngram_sizes), hash_vocab)
         max_n = max(ngram_sizes, default=1)
@@ -102,8 +131,19 @@ class _TritonHashEmbedding(torch.autograd.Function):
         out = torch.empty(B, T, D, dtype=dtype, device=device)
         grid, block_t, block_d = _launch_shape(B * T, D)
         _hash_embedding_fwd[grid](
-            ids, byte_weight.contiguous(), hash_weight.contiguous(), primes, sizes, out,
-            B * T, T, D, *spec, MAX_N=max_n, BLOCK_T=block_t, BLOCK_D=block_d,
+            ids,
+            byte_weight.contiguous(),
+            hash_weight.contiguous(),
+            primes,
+            sizes,
+            out,
+            B * T,
+            T,
+            D,
+            *spec,
+            MAX_N=max_n,
+            BLOCK_T=block_t,
+            BLOCK_D=block_d,
         )
         ctx.save_for_backward(ids, primes, sizes)
         ctx.spec, ctx.max_n = spec, max_n
@@ -122,9 +162,21 @@ class _TritonHashEmbedding(torch.autograd.Function):
         grad_hash = torch.zeros(hash_shape if need_hash else (1,), dtype=torch.float32, device=ids.device)
         grid, block_t, block_d = _launch_shape(B * T, D)
         _hash_embedding_bwd[grid](
-            ids, grad.contiguous(), grad_byte, grad_hash, primes, sizes,
-            B * T, T, D, *ctx.spec, MAX_N=ctx.max_n, BLOCK_T=block_t, BLOCK_D=block_d,
-            BYTE_GRAD=need_byte, HASH_GRAD=need_hash,
+            ids,
+            grad.contiguous(),
+            grad_byte,
+            grad_hash,
+            primes,
+            sizes,
+            B * T,
+            T,
+            D,
+            *ctx.spec,
+            MAX_N=ctx.max_n,
+            BLOCK_T=block_t,
+            BLOCK_D=block_d,
+            BYTE_GRAD=need_byte,
+            HASH_GRAD=need_hash,
         )
         return (
             None,
@@ -136,6 +188,8 @@ class _TritonHashEmbedding(torch.autograd.Function):
         )
 
 
-def triton_hash_embedding(ids, byte_weight, hash_weight, ngram_sizes, n_functions, hash_vocab) -> torch.Tensor:
+def triton_hash_embedding(
+    ids, byte_weight, hash_weight, ngram_sizes, n_functions, hash_vocab
+) -> torch.Tensor:
     """ids [B, T] -> [B, T, D]; inputs already validated by :func:`blt.kernels.hash_embedding`."""
     return _TritonHashEmbedding.apply(ids, byte_weight, hash_weight, ngram_sizes, n_functions, hash_vocab)

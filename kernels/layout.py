@@ -20,12 +20,16 @@ class PatchLayout(NamedTuple):
     counts: torch.Tensor  # [B, P] bytes per patch (0 for an empty patch)
 
 
-def check_patch_ids(patch_ids: torch.Tensor, batch: int, seq_len: int) -> None:
+def check_patch_ids(patch_ids: torch.Tensor, batch: int, seq_len: int, device: torch.device) -> None:
     """Clear errors for patch ids the operations cannot take (ids out of range are allowed: ignored)."""
+    if patch_ids.device != device:
+        raise ValueError(f"patch_ids are on {patch_ids.device} but the states on {device}")
     if patch_ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"patch_ids must be an integer tensor, got {patch_ids.dtype}")
     if tuple(patch_ids.shape) != (batch, seq_len):
-        raise ValueError(f"patch_ids has shape {tuple(patch_ids.shape)}, expected [B, T] = [{batch}, {seq_len}]")
+        raise ValueError(
+            f"patch_ids has shape {tuple(patch_ids.shape)}, expected [B, T] = [{batch}, {seq_len}]"
+        )
 
 
 def patch_layout(patch_ids: torch.Tensor, num_patches: int) -> PatchLayout:

@@ -24,7 +24,7 @@ def patch_pool(
         raise ValueError(f"patch_pool mode must be 'max' or 'mean', got {mode!r}")
     if h.dim() != 3:
         raise ValueError(f"h must be [B, T, D], got shape {tuple(h.shape)}")
-    check_patch_ids(patch_ids, h.shape[0], h.shape[1])
+    check_patch_ids(patch_ids, h.shape[0], h.shape[1], h.device)
     if num_patches < 0:
         raise ValueError(f"num_patches must be >= 0, got {num_patches}")
     if choose("patch_pool", h, impl) == "triton":

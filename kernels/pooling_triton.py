@@ -26,8 +26,18 @@ def _patch_bytes(order_ptr, h_ptr, b, T, D, start, i, count, cols, cmask, other,
 
 @triton.jit
 def _pool_fwd(
-    h_ptr, order_ptr, starts_ptr, counts_ptr, out_ptr, ties_ptr,
-    T, P, D, IS_MAX: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    h_ptr,
+    order_ptr,
+    starts_ptr,
+    counts_ptr,
+    out_ptr,
+    ties_ptr,
+    T,
+    P,
+    D,
+    IS_MAX: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     bp = tl.program_id(0)  # b * P + p
     b = bp // P
@@ -38,7 +48,9 @@ def _pool_fwd(
         acc = tl.full([BLOCK_D], float("-inf"), tl.float32)
         ties = tl.zeros([BLOCK_D], dtype=tl.float32)
         for i in range(0, count, BLOCK_L):
-            _, mask, x = _patch_bytes(order_ptr, h_ptr, b, T, D, start, i, count, cols, cmask, float("-inf"), BLOCK_L)
+            _, mask, x = _patch_bytes(
+                order_ptr, h_ptr, b, T, D, start, i, count, cols, cmask, float("-inf"), BLOCK_L
+            )
             block_max = tl.max(x, 0)
             hits = tl.sum(tl.where(mask & (x == block_max[None, :]), 1.0, 0.0), 0)
             ties = tl.where(block_max > acc, hits, tl.where(block_max == acc, ties + hits, ties))
@@ -56,8 +68,20 @@ def _pool_fwd(
 
 @triton.jit
 def _pool_bwd(
-    h_ptr, out_ptr, ties_ptr, grad_out_ptr, order_ptr, starts_ptr, counts_ptr, grad_h_ptr,
-    T, P, D, IS_MAX: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    h_ptr,
+    out_ptr,
+    ties_ptr,
+    grad_out_ptr,
+    order_ptr,
+    starts_ptr,
+    counts_ptr,
+    grad_h_ptr,
+    T,
+    P,
+    D,
+    IS_MAX: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     bp = tl.program_id(0)
     b = bp // P
@@ -76,7 +100,11 @@ def _pool_bwd(
             dx = tl.where(x == best[None, :], share[None, :], 0.0)
         else:
             dx = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32) + share[None, :]
-        tl.store(grad_h_ptr + (b * T + pos)[:, None] * D + cols[None, :], dx.to(grad_h_ptr.dtype.element_ty), mask=mask)
+        tl.store(
+            grad_h_ptr + (b * T + pos)[:, None] * D + cols[None, :],
+            dx.to(grad_h_ptr.dtype.element_ty),
+            mask=mask,
+        )
 
 
 def _launch(B: int, P: int, D: int) -> tuple[tuple[int, int], int, int]:
@@ -95,8 +123,16 @@ class _TritonPatchPool(torch.autograd.Function):
         grid, block_l, block_d = _launch(B, num_patches, D)
         if B * num_patches:
             _pool_fwd[grid](
-                h, *layout, out, ties, T, num_patches, D,
-                IS_MAX=mode == "max", BLOCK_L=block_l, BLOCK_D=block_d,
+                h,
+                *layout,
+                out,
+                ties,
+                T,
+                num_patches,
+                D,
+                IS_MAX=mode == "max",
+                BLOCK_L=block_l,
+                BLOCK_D=block_d,
             )
         ctx.save_for_backward(h, out, ties, *layout)
         ctx.mode = mode
@@ -111,8 +147,18 @@ class _TritonPatchPool(torch.autograd.Function):
         grid, block_l, block_d = _launch(B, P, D)
         if B * P:
             _pool_bwd[grid](
-                h, out, ties, grad_out.contiguous(), *layout, grad_h, T, P, D,
-                IS_MAX=ctx.mode == "max", BLOCK_L=block_l, BLOCK_D=block_d,
+                h,
+                out,
+                ties,
+                grad_out.contiguous(),
+                *layout,
+                grad_h,
+                T,
+                P,
+                D,
+                IS_MAX=ctx.mode == "max",
+                BLOCK_L=block_l,
+                BLOCK_D=block_d,
             )
         return grad_h, None, None, None
 

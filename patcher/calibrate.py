@@ -3,6 +3,9 @@
 The mean patch size (positions per patch, BOS patch included, as the global transformer sees it) never
 decreases as the threshold rises, so bisection finds the threshold where it crosses the target. Entropies
 do not depend on the threshold, so they are computed once and every bisection step is a cheap mask.
+
+A target share of compute becomes a target patch size first: :func:`patch_size_for_global_share` finds the
+mean patch size at which the global transformer does a given share of a BLT's FLOPs per byte.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from blt.config import ConfigError, PatchingConfig
+from blt.config import BLTConfig, ConfigError, PatchingConfig
 
 from .schemes import ENTROPY_SCHEMES, patch_starts, split_long_patches
 
@@ -56,29 +59,49 @@ def mean_patch_size(ids: torch.Tensor, entropies: torch.Tensor, valid: torch.Ten
     return valid.sum().item() / (starts & valid).sum().item()
 
 
+def global_share(config: BLTConfig, mean_patch_size: float) -> float:
+    """Share of a BLT's forward FLOPs per byte spent in the global transformer (entropy model excluded)."""
+    from blt.eval.flops import blt_flops_per_byte
+
+    parts = blt_flops_per_byte(config, mean_patch_size).parts
+    return sum(v for k, v in parts.items() if k.startswith("global.")) / sum(parts.values())
+
+
+def patch_size_for_global_share(config: BLTConfig, share: float, max_patch_size: float = 1e4) -> float:
+    """Mean patch size at which the global transformer does ``share`` of the BLT's FLOPs per byte.
+
+    The global share falls as patches grow (the global model runs once per patch, the local ones per byte).
+    """
+    if math.isnan(share) or not 0 < share < 1:
+        raise ValueError(f"global compute share must be in (0, 1), got {share}")
+    most = global_share(config, 1.0)
+    if share > most:
+        raise ValueError(f"global compute share {share} is out of reach: one byte per patch gives {most:.4f}")
+    lo, hi = 0.0, math.log(max_patch_size)  # bisection on log patch size
+    for _ in range(ITERATIONS):
+        mid = (lo + hi) / 2
+        if global_share(config, math.exp(mid)) > share:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp((lo + hi) / 2)
+
+
 def calibrate_threshold(
     ids: list[torch.Tensor],
     entropies: list[torch.Tensor],
-    target_patch_size: float | None = None,
-    target_global_share: float | None = None,
+    target_patch_size: float,
     patching: PatchingConfig | None = None,
 ) -> Calibration:
     """Threshold that makes the mean patch size of ``ids`` (documents, 1-D each) closest to the target.
 
-    Give either ``target_patch_size`` (mean positions per patch) or ``target_global_share`` (patches per
-    position: the share of positions at which the global transformer runs, 1 for byte patching).
-    ``patching`` (default: entropy scheme) picks the scheme and fixes its other fields; the entropy and
-    combined schemes calibrate ``threshold``, the relative scheme ``relative_threshold``.
+    ``target_patch_size`` is in positions per patch (:func:`patch_size_for_global_share` turns a target share
+    of compute into one). ``patching`` (default: entropy scheme) picks the scheme and fixes its other fields;
+    the entropy and combined schemes calibrate ``threshold``, the relative scheme ``relative_threshold``.
     """
     patching = patching or PatchingConfig()
     if patching.scheme not in ENTROPY_SCHEMES:
         raise ConfigError(f"only entropy schemes {list(ENTROPY_SCHEMES)} have a threshold; got {patching.scheme!r}")
-    if (target_patch_size is None) == (target_global_share is None):
-        raise ValueError("give exactly one of target_patch_size and target_global_share")
-    if target_global_share is not None:
-        if not 0 < target_global_share <= 1:
-            raise ValueError(f"target_global_share must be in (0, 1], got {target_global_share}")
-        target_patch_size = 1.0 / target_global_share
     if math.isnan(target_patch_size) or target_patch_size < 1:
         raise ValueError(f"target_patch_size must be >= 1 (positions per patch), got {target_patch_size}")
     if not ids or len(ids) != len(entropies):

@@ -3,6 +3,7 @@
     blt-patch README.md --scheme space --html patches.html
     blt-patch --text "Hello world" --model runs/entropy/model --threshold 1.3 --png patches.png
     blt-patch notes.txt --model runs/entropy/model --target-patch-size 4.5 --html patches.html
+    blt-patch notes.txt --model runs/entropy/model --target-global-share 0.6 --config configs/blt-1b.yaml
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from blt.config import PatchingConfig
+from blt.config import BLTConfig, PatchingConfig, from_dict, load_yaml
 from blt.tokenizer import encode
 
-from .calibrate import calibrate_threshold
+from .calibrate import calibrate_threshold, patch_size_for_global_share
 from .entropy_model import EntropyModel
 from .picture import write_html, write_png
 from .schemes import ENTROPY_SCHEMES, SCHEMES, patch_lengths
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-patch-length", type=int, default=None, help="split longer patches")
     p.add_argument("--target-patch-size", type=float, default=None,
                    help="first calibrate the threshold on this input to this mean patch size")
+    p.add_argument("--target-global-share", type=float, default=None,
+                   help="first calibrate the threshold so the global transformer of the BLT in --config does this "
+                        "share of its FLOPs per byte")
+    p.add_argument("--config", help="YAML file with a `blt` section (for --target-global-share)")
     p.add_argument("--chunk-size", type=int, default=None, help="entropy model chunk length (default: max_seq_len)")
     p.add_argument("--max-bytes", type=int, default=None, help="patch only the first N bytes")
     p.add_argument("--html", help="write an HTML picture of the patches here")
@@ -65,6 +70,18 @@ def read_input(args: argparse.Namespace) -> bytes:
     return data
 
 
+def target_patch_size(args: argparse.Namespace) -> float | None:
+    """The mean patch size to calibrate to, from --target-patch-size or --target-global-share (or None)."""
+    if args.target_patch_size is not None and args.target_global_share is not None:
+        raise ValueError("give at most one of --target-patch-size and --target-global-share")
+    if args.target_global_share is None:
+        return args.target_patch_size
+    if args.config is None:
+        raise ValueError("--target-global-share needs --config FILE with the `blt` section of the model")
+    config = from_dict(BLTConfig, load_yaml(args.config).get("blt"), prefix="blt.")
+    return patch_size_for_global_share(config, args.target_global_share)
+
+
 def run(args: argparse.Namespace) -> str:
     data = read_input(args)
     patching = PatchingConfig(
@@ -76,15 +93,16 @@ def run(args: argparse.Namespace) -> str:
     )
     if args.scheme in ENTROPY_SCHEMES and args.model is None:
         raise ValueError(f"scheme {args.scheme!r} needs an entropy model: pass --model DIR")
-    if args.target_patch_size is not None and args.scheme not in ENTROPY_SCHEMES:
-        raise ValueError(f"--target-patch-size calibrates a threshold; scheme {args.scheme!r} has none")
+    target = target_patch_size(args)
+    if target is not None and args.scheme not in ENTROPY_SCHEMES:
+        raise ValueError(f"calibration sets a threshold; scheme {args.scheme!r} has none")
     ids = torch.tensor([encode(data)])  # [1, T]: BOS + bytes
     entropies, lines = None, []
     if args.model is not None:
         model = EntropyModel.from_pretrained(args.model)
         entropies = model.entropies(ids, chunk_size=args.chunk_size)
-    if args.target_patch_size is not None:
-        calibration = calibrate_threshold([ids[0]], [entropies[0]], args.target_patch_size, patching=patching)
+    if target is not None:
+        calibration = calibrate_threshold([ids[0]], [entropies[0]], target, patching=patching)
         patching = calibration.patching(patching)
         lines.append(f"calibrated: {calibration}")
     lengths = patch_lengths(ids, patching, entropies)[0]

@@ -37,7 +37,8 @@ HF_PATCHER_PREFIXES = ("model.patcher.", "patcher.")
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy in nats of the softmax over the last dim: [..., V] -> [...] (float32)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+    # clamping keeps 0 * log 0 = 0 for logits of -inf (masked ids) instead of 0 * -inf = NaN
+    logp = F.log_softmax(logits.float(), dim=-1).clamp_min(torch.finfo(torch.float32).min)
     # exp(logp) * logp is formed and reduced in one expression so no probability tensor outlives it
     return -(logp.exp() * logp).sum(-1)
 
@@ -134,42 +135,41 @@ def hf_patcher_config(hf: dict) -> dict:
     """Our EntropyModelConfig fields from a transformers ``BltPatcherConfig`` dict (its defaults filled in)."""
     rope = hf.get("rope_parameters") or {}
     dim = hf.get("hidden_size", 768)
-    return dict(
-        dim=dim,
-        n_layers=hf.get("num_hidden_layers", 14),
-        n_heads=hf.get("num_attention_heads", 12),
-        n_kv_heads=hf.get("num_key_value_heads"),
-        ffn_dim=hf.get("intermediate_size") or int(8 * dim / 3),
-        window=hf.get("sliding_window", 512),
-        max_seq_len=hf.get("max_position_embeddings", 8192),
-        norm_eps=hf.get("rms_norm_eps", 1e-5),
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-        vocab_size=hf.get("vocab_size", VOCAB_SIZE),
-    )
+    return {
+        "dim": dim,
+        "n_layers": hf.get("num_hidden_layers", 14),
+        "n_heads": hf.get("num_attention_heads", 12),
+        "n_kv_heads": hf.get("num_key_value_heads"),
+        "ffn_dim": hf.get("intermediate_size") or int(8 * dim / 3),
+        "window": hf.get("sliding_window", 512),
+        "max_seq_len": hf.get("max_position_embeddings", 8192),
+        "norm_eps": hf.get("rms_norm_eps", 1e-5),
+        "rope_theta": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        "vocab_size": hf.get("vocab_size", VOCAB_SIZE),
+    }
 
 
 def read_hf_patcher_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Only the patcher tensors of a (possibly sharded) transformers BLT checkpoint, prefix stripped."""
     index = directory / HF_INDEX_NAME
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = {name: directory / shard for name, shard in weight_map.items()}
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
     elif (directory / WEIGHTS_NAME).is_file():
-        with safe_open(directory / WEIGHTS_NAME, framework="pt") as f:
-            files = {name: directory / WEIGHTS_NAME for name in f.keys()}
+        shards = [WEIGHTS_NAME]
     else:  # a pickle checkpoint: read_weights loads it safely (weights_only) or names what is missing
-        state = read_weights(directory)
-        files = None
-    names = list(files) if files is not None else list(state)
-    prefix = next((p for p in HF_PATCHER_PREFIXES if any(n.startswith(p) for n in names)), None)
+        return strip_patcher_prefix(read_weights(directory), directory)
+    state = {}
+    for shard in shards:
+        if not (directory / shard).is_file():
+            raise CheckpointError(f"{directory}: weight shard {shard} named in {HF_INDEX_NAME} is missing")
+        with safe_open(directory / shard, framework="pt") as f:  # reads only the tensors asked for
+            wanted = [k for k in list(f.keys()) if k.startswith(HF_PATCHER_PREFIXES)]
+            state.update({k: f.get_tensor(k) for k in wanted})
+    return strip_patcher_prefix(state, directory)
+
+
+def strip_patcher_prefix(state: dict[str, torch.Tensor], directory: Path) -> dict[str, torch.Tensor]:
+    prefix = next((p for p in HF_PATCHER_PREFIXES if any(k.startswith(p) for k in state)), None)
     if prefix is None:
         raise CheckpointError(f"{directory}: no patcher tensors ({' or '.join(HF_PATCHER_PREFIXES)}*) in the checkpoint")
-    if files is None:
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    out = {}
-    for path in sorted({files[n] for n in names if n.startswith(prefix)}):
-        if not path.is_file():
-            raise CheckpointError(f"{directory}: weight shard {path.name} named in {HF_INDEX_NAME} is missing")
-        with safe_open(path, framework="pt") as f:
-            out.update({k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
-    return out
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

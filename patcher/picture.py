@@ -16,6 +16,7 @@ from blt.tokenizer import VOCAB_SIZE
 
 MAX_ENTROPY = math.log(VOCAB_SIZE)  # entropy of the uniform next-byte distribution
 PNG_MAX_BYTES = 2000  # beyond this a per-byte plot is unreadable; the PNG shows the first bytes
+PNG_ROW_BYTES = 100
 
 
 def byte_labels(data: bytes) -> list[str]:
@@ -103,32 +104,39 @@ def write_html(path: str | Path, data: bytes, starts: torch.Tensor, entropies: t
 
 def write_png(path: str | Path, data: bytes, starts: torch.Tensor, entropies: torch.Tensor | None,
               threshold: float | None, title: str) -> Path:
-    """Entropy of each byte's prediction as bars, patch starts as vertical lines, the threshold as a line."""
+    """Entropy of each byte's prediction as bars, patch starts as blue lines, the threshold dashed.
+
+    The text wraps into rows of PNG_ROW_BYTES bytes, each byte labelled with its character.
+    """
     # the Agg canvas directly: no pyplot, so no global backend switch and no figure registry
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     data = data[:PNG_MAX_BYTES]
     n = len(data)
-    x = list(range(1, n + 1))
-    fig = Figure(figsize=(min(4 + n * 0.12, 60), 3.5))
+    labels, shades, begins = byte_labels(data), byte_shades(entropies, n), starts[1 : n + 1].tolist()
+    n_rows = math.ceil(n / PNG_ROW_BYTES)
+    fig = Figure(figsize=(16, 0.6 + 1.9 * n_rows))
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    if entropies is not None:
-        ax.bar(x, byte_shades(entropies, n), width=0.9, color="#d83030")
-        ax.set_ylabel("entropy of prediction (nats)")
+    axes = fig.subplots(n_rows, 1, squeeze=False)[:, 0]
+    top = max([s for s in shades if s is not None] + [threshold or 0.0, 1.0]) * 1.05
+    for row, ax in enumerate(axes):
+        lo, hi = row * PNG_ROW_BYTES, min((row + 1) * PNG_ROW_BYTES, n)
+        x = list(range(lo + 1, hi + 1))
+        if entropies is not None:
+            ax.bar(x, shades[lo:hi], width=0.85, color="#d83030")
+            ax.set_ylim(0, top)
         if threshold is not None:
-            ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
-            ax.legend(loc="lower right", framealpha=0.9)
-    for t, begin in enumerate(starts[1 : n + 1].tolist(), start=1):
-        if begin:
-            ax.axvline(t - 0.5, color="#1f5fbf", linewidth=0.8)
-    if n <= 150:
-        ax.set_xticks(x, [label or "\u00b7" for label in byte_labels(data)], fontsize=7)
-    else:
-        ax.set_xlabel("byte position")
-    ax.set_xlim(0.5, n + 0.5)
-    ax.set_title(title)
+            ax.axhline(threshold, color="black", linestyle="--", linewidth=0.8)
+        for t in x:
+            if begins[t - 1]:
+                ax.axvline(t - 0.5, color="#1f5fbf", linewidth=1.0)
+        ax.set_xticks(x, [label or "\u00b7" for label in labels[lo:hi]], fontsize=7)
+        ax.tick_params(axis="x", length=0)
+        ax.set_xlim(lo + 0.5, lo + PNG_ROW_BYTES + 0.5)
+    axes[0].set_title(title + ("" if threshold is None else f" (threshold {threshold:.3f} nats, dashed)"))
+    if entropies is not None:
+        axes[n_rows // 2].set_ylabel("entropy of prediction (nats)")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

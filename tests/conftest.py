@@ -17,6 +17,17 @@ WORDS = str.split(
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tests use tiny tensors: one thread per process is faster than two fighting over 2 cores, and the
+    subprocesses the tests start (DDP ranks, CLIs) inherit the setting through OMP_NUM_THREADS."""
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _data_cache(tmp_path_factory):
     """Keep the data pipeline's id-stream cache (and that of subprocesses) out of ~/.cache."""
     old = os.environ.get("BLT_CACHE_DIR")

@@ -20,14 +20,15 @@ from blt.config import BLTConfig, LocalDecoderConfig, LocalEncoderConfig, Transf
 from blt.model import BLT
 
 needs_interpreter = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1", reason="run by tests/test_kernels_triton.py with TRITON_INTERPRET=1"
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="run by tests/test_kernels_triton.py with TRITON_INTERPRET=1",
 )
 
 
 def patch_ids_case(seed: int, B: int, T: int, max_len: int, pad_patches: int = 2, orphans: int = 2):
     """Patch ids [B, T] from random patch lengths in 1..max_len (the first row starts with a patch of length
-    1 and one of max_len), ``pad_patches`` empty patches at the end, and the last ``orphans`` bytes of the last
-    row in no patch (id -1). Returns (patch_ids, num_patches)."""
+    1 and one of max_len), ``pad_patches`` empty patches at the end, and the last ``orphans`` bytes of the
+    last row in no patch (id -1). Returns (patch_ids, num_patches)."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for b in range(B):
@@ -67,7 +68,9 @@ def tiny_blt(cross_all: bool) -> tuple[BLT, torch.Tensor, torch.Tensor]:
     layer = {"dim": 32, "n_heads": 2, "window": 16, "max_seq_len": 64}
     config = BLTConfig(
         cross_attn_k=2,
-        encoder=LocalEncoderConfig(n_layers=2, hash_ngram_sizes=[3, 4], hash_vocab=61, cross_attn_all_layers=cross_all, **layer),
+        encoder=LocalEncoderConfig(
+            n_layers=2, hash_ngram_sizes=[3, 4], hash_vocab=61, cross_attn_all_layers=cross_all, **layer
+        ),
         global_transformer=TransformerConfig(dim=48, n_layers=1, n_heads=2, max_seq_len=64),
         decoder=LocalDecoderConfig(n_layers=2, cross_attn_all_layers=cross_all, **layer),
     )
@@ -156,7 +159,9 @@ def test_entropy_and_boundaries():
 def test_half_precision_runs_in_triton():
     B, H, T, Dh, k_rep = 1, 2, 16, 8, 2
     patch_ids, P = patch_ids_case(3, B, T, 4, orphans=0)
-    q, k, v = (leaf(B, H, n, Dh, seed=s).detach().bfloat16() for n, s in ((T, 1), (P * k_rep, 2), (P * k_rep, 3)))
+    q, k, v = (
+        leaf(B, H, n, Dh, seed=s).detach().bfloat16() for n, s in ((T, 1), (P * k_rep, 2), (P * k_rep, 3))
+    )
     out = kernels.byte_query_attention(q, k, v, patch_ids, k_rep, impl="triton")
     assert out.dtype == torch.bfloat16
     ref = patch_ops.byte_query_attention(q.float(), k.float(), v.float(), patch_ids, k_rep)

@@ -1,4 +1,4 @@
-"""blt.kernels PyTorch paths vs the plain references, dispatch, errors, and the model with kernels switched on.
+"""blt.kernels PyTorch paths vs the plain references, dispatch, errors, and the model with kernels on.
 
 The Triton kernels are checked by tests/test_kernels_triton.py (a subprocess under TRITON_INTERPRET=1).
 """
@@ -76,12 +76,22 @@ def test_hash_embedding_bad_inputs():
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10_000), B=st.integers(1, 3), T=st.integers(3, 40), max_len=st.integers(1, 12),
-       k_rep=st.integers(1, 3), orphans=st.integers(0, 2))
+@given(
+    seed=st.integers(0, 10_000),
+    B=st.integers(1, 3),
+    T=st.integers(3, 40),
+    max_len=st.integers(1, 12),
+    k_rep=st.integers(1, 3),
+    orphans=st.integers(0, 2),
+)
 def test_patch_query_attention_torch_path(seed, B, T, max_len, k_rep, orphans):
     patch_ids, P = patch_ids_case(seed, B, T, min(max_len, T - 1), orphans=orphans)
     H, Dh = 2, 6
-    q, k, v = leaf(B, H, P * k_rep, Dh, seed=seed), leaf(B, H, T, Dh, seed=seed + 1), leaf(B, H, T, Dh, seed=seed + 2)
+    q, k, v = (
+        leaf(B, H, P * k_rep, Dh, seed=seed),
+        leaf(B, H, T, Dh, seed=seed + 1),
+        leaf(B, H, T, Dh, seed=seed + 2),
+    )
     ref = patch_ops.patch_query_attention(q, k, v, patch_ids, k_rep)
     out = kernels.patch_query_attention(q, k, v, patch_ids, k_rep)
     assert_same(out, ref)
@@ -89,12 +99,22 @@ def test_patch_query_attention_torch_path(seed, B, T, max_len, k_rep, orphans):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 10_000), B=st.integers(1, 3), T=st.integers(3, 40), max_len=st.integers(1, 12),
-       k_rep=st.integers(1, 3), orphans=st.integers(0, 2))
+@given(
+    seed=st.integers(0, 10_000),
+    B=st.integers(1, 3),
+    T=st.integers(3, 40),
+    max_len=st.integers(1, 12),
+    k_rep=st.integers(1, 3),
+    orphans=st.integers(0, 2),
+)
 def test_byte_query_attention_torch_path(seed, B, T, max_len, k_rep, orphans):
     patch_ids, P = patch_ids_case(seed, B, T, min(max_len, T - 1), orphans=orphans)
     H, Dh = 2, 6
-    q, k, v = leaf(B, H, T, Dh, seed=seed), leaf(B, H, P * k_rep, Dh, seed=seed + 1), leaf(B, H, P * k_rep, Dh, seed=seed + 2)
+    q, k, v = (
+        leaf(B, H, T, Dh, seed=seed),
+        leaf(B, H, P * k_rep, Dh, seed=seed + 1),
+        leaf(B, H, P * k_rep, Dh, seed=seed + 2),
+    )
     ref = patch_ops.byte_query_attention(q, k, v, patch_ids, k_rep)
     out = kernels.byte_query_attention(q, k, v, patch_ids, k_rep)
     assert_same(out, ref)
@@ -106,7 +126,9 @@ def test_attention_keeps_the_input_dtype():
     q, k, v = (torch.randn(1, 2, n, 8, dtype=torch.bfloat16) for n in (2 * P, 12, 12))
     out = kernels.patch_query_attention(q, k, v, patch_ids, 2)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out, patch_ops.patch_query_attention(q, k, v, patch_ids, 2), atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(
+        out, patch_ops.patch_query_attention(q, k, v, patch_ids, 2), atol=1e-2, rtol=1e-2
+    )
 
 
 def test_attention_bad_inputs():

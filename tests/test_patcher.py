@@ -4,16 +4,22 @@ import json
 
 import pytest
 import torch
+from blt.patcher import (
+    EntropyModel,
+    StreamingPatcher,
+    calibrate_threshold,
+    entropy_from_logits,
+    patch_lengths,
+)
+from blt.patcher.calibrate import global_share, patch_size_for_global_share
+from blt.patcher.schemes import SCHEMES, entropy_starts, relative_starts, spacelike
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from safetensors.torch import save_file
 
 from blt.checkpoint import CheckpointError, save_pretrained
-from blt.config import ConfigError, EntropyModelConfig, PatchingConfig, from_dict
+from blt.config import BLTConfig, ConfigError, EntropyModelConfig, PatchingConfig, from_dict
 from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
-from blt.patcher import EntropyModel, StreamingPatcher, calibrate_threshold, entropy_from_logits, patch_lengths
-from blt.patcher.schemes import SCHEMES, entropy_starts, relative_starts, spacelike
 from blt.tokenizer import encode
 
 
@@ -149,6 +155,8 @@ def test_entropy_from_logits_matches_categorical():
     torch.testing.assert_close(entropy_from_logits(logits), expected, atol=1e-5, rtol=1e-5)
     uniform = entropy_from_logits(torch.zeros(3, 260))
     torch.testing.assert_close(uniform, torch.full((3,), 5.560681), atol=1e-5, rtol=0)
+    masked = torch.tensor([[0.0, 0.0, -float("inf"), -float("inf")]])
+    torch.testing.assert_close(entropy_from_logits(masked), torch.tensor([0.693147]), atol=1e-6, rtol=0)
 
 
 def test_entropies_do_not_depend_on_the_batch():
@@ -271,12 +279,10 @@ def test_calibration_other_schemes_and_errors():
     model = tiny_model(window=16, scale=0.3)
     docs = make_documents(3, 300, seed=3)
     ent = [model.entropies(d[None])[0] for d in docs]
-    rel = calibrate_threshold(docs, ent, target_global_share=0.25, patching=PatchingConfig("relative"))
+    rel = calibrate_threshold(docs, ent, 4.0, patching=PatchingConfig("relative"))
     assert rel.field == "relative_threshold" and abs(rel.mean_patch_size - 4.0) < 0.1
     capped = calibrate_threshold(docs, ent, 4.0, patching=PatchingConfig(max_patch_length=6))
     assert abs(capped.mean_patch_size - 4.0) < 0.1 and "target 4.000" in str(capped)
-    with pytest.raises(ValueError, match="exactly one"):
-        calibrate_threshold(docs, ent)
     with pytest.raises(ValueError, match=">= 1"):
         calibrate_threshold(docs, ent, 0.5)
     with pytest.raises(ConfigError, match="only entropy schemes"):
@@ -398,7 +404,7 @@ def test_entropy_patches_equal_transformers_blt_patcher(max_len):
 
 
 def test_load_patcher_of_a_transformers_blt_directory(tmp_path):
-    hf, ours = hf_patcher(seed=1)
+    hf, _ = hf_patcher(seed=1)
     config = {
         "model_type": "blt",
         "patcher_config": {**hf.config.to_dict(), "model_type": "blt_patcher"},
@@ -413,6 +419,30 @@ def test_load_patcher_of_a_transformers_blt_directory(tmp_path):
     with torch.no_grad():
         hf_ent = hf(ids)[0]
     torch.testing.assert_close(loaded.entropies(ids), hf_ent, atol=1e-4, rtol=1e-4)
+    # sharded: the index names the shard of every tensor
+    names = sorted(tensors)
+    shards = {"model-1.safetensors": names[: len(names) // 2], "model-2.safetensors": names[len(names) // 2 :]}
+    for shard, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, tmp_path / shard)
+    index = {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    (tmp_path / "model.safetensors").unlink()
+    torch.testing.assert_close(EntropyModel.from_pretrained(tmp_path).entropies(ids), hf_ent, atol=1e-4, rtol=1e-4)
+    (tmp_path / "model-2.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="shard model-2.safetensors .* is missing"):
+        EntropyModel.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors.index.json").unlink()
     save_file({"model.local_encoder.embed_tokens.weight": torch.zeros(260, 8)}, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="no patcher tensors"):
         EntropyModel.from_pretrained(tmp_path)
+
+
+def test_patch_size_for_a_share_of_global_compute():
+    config = BLTConfig()
+    size = patch_size_for_global_share(config, 0.5)
+    assert abs(global_share(config, size) - 0.5) < 1e-6
+    assert global_share(config, 2 * size) < 0.5 < global_share(config, size / 2)
+    with pytest.raises(ValueError, match="out of reach"):
+        patch_size_for_global_share(config, 0.999)
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        patch_size_for_global_share(config, float("nan"))

@@ -1,11 +1,11 @@
 """The blt-patch command line: statistics, HTML and PNG pictures, clear errors."""
 
 import torch
-
-from blt.config import EntropyModelConfig
 from blt.patcher import EntropyModel
 from blt.patcher.cli import main
 from blt.patcher.picture import byte_labels
+
+from blt.config import EntropyModelConfig
 
 
 def saved_model(path):
@@ -39,6 +39,10 @@ def test_entropy_scheme_with_model_file_and_calibration(tmp_path, capsys):
     mean = float(next(line for line in out.splitlines() if line.startswith("mean patch length")).split()[-1])
     assert abs(mean - 3) < 0.1
     assert "H = " in (tmp_path / "p.html").read_text(encoding="utf-8")
+    config = tmp_path / "blt.yaml"
+    config.write_text("blt:\n  patching:\n    patch_size: 4\n")
+    assert main([str(data), "--model", model, "--target-global-share", "0.6", "--config", str(config)]) == 0
+    assert "calibrated: threshold = " in capsys.readouterr().out
 
 
 def test_clear_errors(tmp_path, capsys):
@@ -54,6 +58,8 @@ def test_clear_errors(tmp_path, capsys):
     assert "NaN" in capsys.readouterr().err
     assert main(["--text", "abc", "--scheme", "static", "--target-patch-size", "3"]) == 2
     assert "has none" in capsys.readouterr().err
+    assert main(["--text", "abc", "--model", str(tmp_path / "em"), "--target-global-share", "0.5"]) == 2
+    assert "needs --config" in capsys.readouterr().err
 
 
 def test_byte_labels_keep_one_label_per_byte():

@@ -33,8 +33,15 @@ def tiny_blt(seed: int = 0, **kwargs) -> BLT:
     model = BLT(tiny_config(**kwargs)).eval()
     if model.patcher is not None and "threshold" not in kwargs:
         ids = random_ids(2, 64, seed)
-        model.config.patching.threshold = float(model.patcher.entropies(ids).median())
+        model.config.patching.threshold = median_gap(model.patcher.entropies(ids))
     return model
+
+
+def median_gap(entropies: torch.Tensor) -> float:
+    """A threshold halfway between the two middle entropies: no sample entropy sits on it."""
+    values = entropies.flatten().sort().values
+    mid = values.numel() // 2
+    return float(values[mid - 1] + values[mid]) / 2
 
 
 def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:

@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 LAST = "last.ckpt"
 
@@ -24,6 +25,12 @@ KNOWN_PEAKS = {
     "RTX 4090": (165e12, 82.6e12),
     "RTX 3090": (71e12, 35.6e12),
 }
+
+
+@rank_zero_only
+def say(text: str = "") -> None:
+    """Print on the first process only."""
+    print(text, flush=True)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -75,6 +75,9 @@ class TrainerConfig:
     peak_flops: float | None = doc(
         "peak FLOP/s per device for MFU (None: known GPUs by name; on CPU a short matmul measures it)", None
     )
+    target_patch_size: float | None = doc(
+        "blt: calibrate blt.patching's threshold on training text to this mean patch size (None: keep it)", None
+    )
     sample_bytes: int = doc("bytes generated from the final BLT as a sample (0: none)", 200)
     progress_bar: bool = doc("show a progress bar", True)
 
@@ -90,6 +93,10 @@ class TrainerConfig:
         check(self.accelerator in ("auto", "cpu", "gpu"), f"trainer.accelerator: {self.accelerator!r} is not auto/cpu/gpu")
         check(self.strategy in STRATEGIES, f"trainer.strategy: {self.strategy!r} is not one of {list(STRATEGIES)}")
         check(self.peak_flops is None or self.peak_flops > 0, "trainer.peak_flops must be > 0 or None")
+        check(
+            self.target_patch_size is None or self.target_patch_size >= 1,
+            f"trainer.target_patch_size must be >= 1 or None, got {self.target_patch_size}",
+        )
         check(self.sample_bytes >= 0, f"trainer.sample_bytes must be >= 0, got {self.sample_bytes}")
 
 

@@ -18,13 +18,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from blt.baseline import BaselineLM, BPETokenizer
-from blt.config import to_dict
-from blt.data import PackedBatches
+from blt.config import PatchingConfig, to_dict
+from blt.data import PackedBatches, iter_documents
 from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
 from blt.model import BLT
-from blt.patcher import EntropyModel
-from blt.tokenizer import OFFSET, PAD_ID
-from blt.training.callbacks import NonFiniteLossError
+from blt.patcher import EntropyModel, calibrate_threshold
+from blt.tokenizer import OFFSET, PAD_ID, encode
+from blt.training.callbacks import NonFiniteLossError, say
 from blt.training.config import OptimConfig, RunConfig
 from blt.training.datamodule import TokenBatches, TrainStream, ValSet, token_stream
 
@@ -217,7 +217,10 @@ class BLTTask(LMTask):
         if entropy_dir is not None:
             entropy = EntropyModel.from_pretrained(entropy_dir)
             self.entropy_state = entropy.state_dict()
-            run = replace(run, blt=replace(run.blt, entropy_model=entropy.config))
+            patching = run.blt.patching
+            if run.trainer.target_patch_size is not None:
+                patching = calibrated_patching(entropy, run)
+            run = replace(run, blt=replace(run.blt, entropy_model=entropy.config, patching=patching))
         self.patch_sums = {"positions": 0, "patches": 0}  # training batches, for the running FLOP count
         super().__init__(run, max_steps)
 
@@ -264,6 +267,20 @@ class BLTTask(LMTask):
             entropy = entropy_flops_per_byte(self.run.blt.entropy_model, context_bytes=self.run.data.seq_len)
             extras["entropy_inference_flops_per_byte"] = entropy.inference_flops_per_byte
         return extras
+
+
+def calibrated_patching(entropy: EntropyModel, run: RunConfig, sample_bytes: int = 65536) -> PatchingConfig:
+    """``run.blt.patching`` with the threshold giving ``trainer.target_patch_size`` on the first training text."""
+    docs, size = [], 0
+    for doc in iter_documents(run.data, "train"):
+        docs.append(torch.tensor(encode(doc[: sample_bytes - size])))
+        size += len(docs[-1]) - 1
+        if size >= sample_bytes:
+            break
+    entropies = [entropy.entropies(d[None])[0] for d in docs]
+    calibration = calibrate_threshold(docs, entropies, run.trainer.target_patch_size, patching=run.blt.patching)
+    say(f"patching calibrated on {size} training bytes: {calibration}")
+    return calibration.patching(run.blt.patching)
 
 
 class BaselineTask(LMTask):

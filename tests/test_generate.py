@@ -1,0 +1,93 @@
+"""Generation: cached incremental decoding equals recomputing the forward; sampling options; bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_blt import random_ids, tiny_blt
+
+from blt.generate import IncrementalDecoder, sample
+from blt.tokenizer import decode, encode
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_blt(seed=3)
+
+
+def test_incremental_logits_equal_forward(model):
+    ids = random_ids(1, 60, seed=5)[0]
+    full = model(ids.unsqueeze(0)).logits[0]
+    for prompt_len in (1, 2, 9):
+        state = IncrementalDecoder(model, ids[:prompt_len])
+        torch.testing.assert_close(state.logits, full[prompt_len - 1], atol=1e-4, rtol=0)
+        for t in range(prompt_len, 60):
+            torch.testing.assert_close(state.push(int(ids[t])), full[t], atol=1e-4, rtol=0)
+    assert state.patches < 60  # the global transformer ran once per patch, not per byte
+
+
+def test_greedy_cached_equals_recompute(model):
+    for prompt in ("", "Hello", "The byte latent transformer"):
+        cached = model.generate(prompt, 24, temperature=0.0)
+        assert cached == model.generate(prompt, 24, temperature=0.0, use_cache=False)
+        assert len(cached) > 15  # special ids the random model emits are not bytes
+
+
+def test_greedy_batch_of_uneven_prompts(model):
+    prompts = ["a", "Hello there", "x" * 30]
+    cached = model.generate(prompts, 20, temperature=0.0)
+    assert cached == model.generate(prompts, 20, temperature=0.0, use_cache=False)
+    assert cached == [model.generate(p, 20, temperature=0.0) for p in prompts]  # rows do not interact
+    rows = [torch.tensor(encode(p)) for p in prompts]
+    assert [decode(ids) for ids in model.generate(rows, 20, temperature=0.0)] == cached
+
+
+def test_tensor_prompt_is_used_as_given(model):
+    ids = torch.tensor([[7, 8, 9, 10], [11, 12, 13, 14]])  # no BOS added
+    out = model.generate(ids, 12, temperature=0.0)
+    assert [len(o) for o in out] == [12, 12]
+    assert torch.equal(out[0], model.generate(ids[0], 12, temperature=0.0))
+    assert torch.equal(out[1], model.generate(ids[1:], 12, temperature=0.0, use_cache=False)[0])
+
+
+def test_sampling_is_seeded_and_matches_recompute(model):
+    a = model.generate(["hi", "there"], 16, temperature=0.9, top_k=50, top_p=0.9, seed=7)
+    assert a == model.generate(["hi", "there"], 16, temperature=0.9, top_k=50, top_p=0.9, seed=7, use_cache=False)
+    assert a != model.generate(["hi", "there"], 16, temperature=0.9, top_k=50, top_p=0.9, seed=8)
+
+
+def test_sample_filters():
+    logits = torch.tensor([0.0, 3.0, 2.9, -1.0, 1.0])
+    assert sample(logits, 0.0) == 1
+    g = torch.Generator().manual_seed(0)
+    assert {sample(logits, 1.0, top_k=2, generator=g) for _ in range(200)} == {1, 2}
+    # top_p: ids 1 and 2 cover ~0.47 + 0.43 of the mass; 0.5 keeps both, a tiny top_p keeps the best only
+    assert {sample(logits, 1.0, top_p=0.5, generator=g) for _ in range(200)} == {1, 2}
+    assert {sample(logits, 1.0, top_p=1e-6, generator=g) for _ in range(50)} == {1}
+
+
+def test_stop_bytes(model):
+    full = model.generate("Hello", 40, temperature=0.0)
+    stop_at = full[10:11]
+    first = full.index(stop_at)
+    assert model.generate("Hello", 40, temperature=0.0, stop=stop_at) == full[: first + 1]
+    assert model.generate("Hello", 0) == b""
+
+
+def test_bad_generation_input(model):
+    with pytest.raises(ValueError, match="max_new_bytes"):
+        model.generate("a", -1)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate("a", 3, temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate("a", 3, top_k=0)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate("a", 3, top_p=1.5)
+    with pytest.raises(ValueError, match="outside the byte vocabulary"):
+        model.generate(torch.tensor([1, 300]), 3)
+    with pytest.raises(ValueError, match="exceeds the configured maximum"):
+        model.generate("a", 600)
+    with pytest.raises(ValueError, match="empty"):
+        model.generate(torch.zeros(0, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match="prompt must be"):
+        model.generate(123, 3)
