@@ -32,13 +32,37 @@ def tiny_hf_checkpoint(directory: Path) -> None:
 
     torch.manual_seed(0)
     config = BltConfig(
-        encoder_config=dict(hidden_size=128, num_attention_heads=4, num_hidden_layers=1, hidden_size_global=256),
-        decoder_config=dict(hidden_size=128, num_attention_heads=4, num_hidden_layers=2, intermediate_size=341,
-                            hidden_size_global=256),
-        global_config=dict(hidden_size=256, num_attention_heads=4, num_hidden_layers=4, intermediate_size=683),
-        patcher_config=dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=170),
-        encoder_hash_byte_group_vocab=4099, local_attention_window_len=128, use_cache=False,
-        eos_token_id=None, bos_token_id=1, pad_token_id=0,
+        encoder_config={
+            "hidden_size": 128,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 1,
+            "hidden_size_global": 256,
+        },
+        decoder_config={
+            "hidden_size": 128,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "intermediate_size": 341,
+            "hidden_size_global": 256,
+        },
+        global_config={
+            "hidden_size": 256,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 4,
+            "intermediate_size": 683,
+        },
+        patcher_config={
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "intermediate_size": 170,
+        },
+        encoder_hash_byte_group_vocab=4099,
+        local_attention_window_len=128,
+        use_cache=False,
+        eos_token_id=None,
+        bos_token_id=1,
+        pad_token_id=0,
     )
     model = BltForCausalLM(config).eval()
     # threshold at the median entropy of random bytes: patches of a few bytes, as in a trained model
@@ -73,10 +97,11 @@ def main() -> None:
     ours_s = time.perf_counter() - start
     start = time.perf_counter()
     with torch.no_grad():
-        out = theirs.generate(prompt, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False,
-                              use_cache=False)
+        out = theirs.generate(
+            prompt, max_new_tokens=args.new, min_new_tokens=args.new, do_sample=False, use_cache=False
+        )
     theirs_s = time.perf_counter() - start
-    differ = (out[0, prompt.shape[1]:] != new).nonzero()
+    differ = (out[0, prompt.shape[1] :] != new).nonzero()
     same = "yes" if len(differ) == 0 else f"up to byte {int(differ[0])} (then a near-tie in float32 logits)"
     print(f"{args.new} new bytes after a 64-byte prompt (greedy, {args.threads} thread(s)):")
     print(f"  ours, cached:                  {args.new / ours_s:8.1f} bytes/s ({ours_s:.2f} s)")
@@ -90,8 +115,10 @@ def main() -> None:
         for _ in range(steps):
             state.push(int(state.logits.argmax()))
         elapsed = time.perf_counter() - start
-        print(f"  ours after {context:4d} bytes of context: {steps / elapsed:8.1f} bytes/s "
-              f"({state.patches} patches in the global cache)")
+        print(
+            f"  ours after {context:4d} bytes of context: {steps / elapsed:8.1f} bytes/s "
+            f"({state.patches} patches in the global cache)"
+        )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Both compute exactly the mask of :func:`blt.attention.attention_mask` (causal by
 window, optional segments). Only the mask construction runs on the CPU (tested there); the kernels need CUDA.
 
 xformers takes structured masks: bottom-right causal (queries continuing a KV cache) and block-diagonal
-(packed segments, one block per run of equal segment ids). Segment runs assume positions that step by one
+(packed segments without a window, one block per run of equal segment ids). Segment runs assume positions that step by one
 inside each run, which is how packed rows are built; other inputs get a dense bias with the same mask.
 """
 
@@ -77,9 +77,11 @@ def xformers_bias(q_pos, k_pos, window, q_seg, k_seg, batch: int, dtype=torch.fl
             if window is None:
                 return fmha.attn_bias.LowerTriangularFromBottomRightMask(), False
             return fmha.attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(window), False
-    if q_seg is not None and Tq == Tk and torch.equal(q_seg, k_seg) and (one_d or torch.equal(q_pos, k_pos)):
-        mask = fmha.attn_bias.BlockDiagonalCausalMask.from_seqlens(_runs(q_seg))
-        return (mask if window is None else mask.make_local_attention(window)), True
+    same = (
+        q_seg is not None and Tq == Tk and torch.equal(q_seg, k_seg) and (one_d or torch.equal(q_pos, k_pos))
+    )
+    if same and window is None:
+        return fmha.attn_bias.BlockDiagonalCausalMask.from_seqlens(_runs(q_seg)), True
     dense = attention_mask(q_pos, k_pos, window, q_seg, k_seg).expand(batch, 1, Tq, Tk)
     # xformers wants the bias rows 8-aligned in memory: allocate padded keys, then slice them off
     padded = torch.zeros(batch, 1, Tq, -(-Tk // 8) * 8, dtype=dtype, device=dense.device)

@@ -1,4 +1,4 @@
-"""``blt-convert``: convert a BLT checkpoint between our layout and transformers' BLT layout.
+"""Convert a BLT checkpoint between our layout and the transformers BLT layout (``blt-convert``).
 
     blt-convert SRC DST [--to hf|blt]
 
@@ -19,10 +19,12 @@ from blt.tokenizer import encode
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="blt-convert", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="blt-convert", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("src", help="checkpoint directory (ours, kind 'blt', or a transformers BLT)")
     parser.add_argument("dst", help="output directory")
-    parser.add_argument("--to", choices=("hf", "blt"), default=None, help="output layout (default: the other one)")
+    parser.add_argument(
+        "--to", choices=("hf", "blt"), default=None, help="output layout (default: the other one)"
+    )
     args = parser.parse_args(argv)
     try:
         fmt = args.to or ("blt" if checkpoint_kind(read_config(args.src)) == "hf-blt" else "hf")

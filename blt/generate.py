@@ -85,7 +85,9 @@ class IncrementalDecoder:
             self._check_patches(self.patches + 1)
             hp = torch.cat(self.open_h, dim=1)  # [1, n, D]
             patch = model.encoder.patches(hp, torch.zeros(hp.shape[:2], dtype=torch.long, device=device), 1)
-            latent = model.global_transformer(patch, torch.tensor([self.patches], device=device), self.global_cache)
+            latent = model.global_transformer(
+                patch, torch.tensor([self.patches], device=device), self.global_cache
+            )
             self.rows = model.decoder.patch_rows(latent)  # [1, k, D]
             self.patches += 1
             self.open_h = []
@@ -146,7 +148,9 @@ def _prompt_rows(prompt) -> tuple[list[torch.Tensor], str]:
             return [torch.tensor(encode(p)) for p in prompt], "list"
         if all(isinstance(p, torch.Tensor) and p.dim() == 1 for p in prompt):
             return list(prompt), "tensors"
-    raise ValueError("prompt must be str, bytes, a LongTensor [T] or [B, T], or a non-empty list of str/bytes/[T] tensors")
+    raise ValueError(
+        "prompt must be str, bytes, a LongTensor [T] or [B, T], or a non-empty list of str/bytes/[T] tensors"
+    )
 
 
 @torch.no_grad()

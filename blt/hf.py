@@ -43,12 +43,28 @@ BLT_RULES = [
 PATCHER_PREFIX = "model.patcher."
 
 # transformers' defaults for keys a config.json may leave out (configuration_blt.py)
-_ENCODER = dict(hidden_size=1024, num_attention_heads=16, num_hidden_layers=1, max_position_embeddings=24576,
-                cross_attn_all_layers=False)
-_DECODER = dict(hidden_size=1024, num_attention_heads=16, num_hidden_layers=9, max_position_embeddings=24576,
-                cross_attn_all_layers=True, intermediate_size=2816)
-_GLOBAL = dict(hidden_size=2048, num_attention_heads=16, num_hidden_layers=25, max_position_embeddings=4096,
-               intermediate_size=5632)
+_ENCODER = {
+    "hidden_size": 1024,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 1,
+    "max_position_embeddings": 24576,
+    "cross_attn_all_layers": False,
+}
+_DECODER = {
+    "hidden_size": 1024,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 9,
+    "max_position_embeddings": 24576,
+    "cross_attn_all_layers": True,
+    "intermediate_size": 2816,
+}
+_GLOBAL = {
+    "hidden_size": 2048,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 25,
+    "max_position_embeddings": 4096,
+    "intermediate_size": 5632,
+}
 _THETA = 500000.0
 
 
@@ -57,7 +73,9 @@ def hf_names(model: torch.nn.Module) -> dict[str, str]:
     names = {}
     for key in model.state_dict():
         if key.startswith("patcher."):
-            names[key] = next(iter(to_hf({key[len("patcher."):]: None}, ENTROPY_MODEL_RULES, PATCHER_PREFIX)))
+            names[key] = next(
+                iter(to_hf({key[len("patcher.") :]: None}, ENTROPY_MODEL_RULES, PATCHER_PREFIX))
+            )
         else:
             names[key] = next(iter(to_hf({key: None}, BLT_RULES)))
     return names
@@ -68,23 +86,23 @@ def hf_names(model: torch.nn.Module) -> dict[str, str]:
 
 
 def _stack(hf: dict[str, Any], defaults: dict[str, Any], window: int | None) -> dict[str, Any]:
-    get = lambda k: hf.get(k, defaults.get(k))  # noqa: E731
+    get = lambda k: hf.get(k, defaults.get(k))
     dim = get("hidden_size")
     rope = hf.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default":
         raise CheckpointError(f"rope_type {rope['rope_type']!r} is not supported (only 'default')")
-    return dict(
-        dim=dim,
-        n_layers=get("num_hidden_layers"),
-        n_heads=get("num_attention_heads"),
-        n_kv_heads=hf.get("num_key_value_heads"),
-        ffn_dim=get("intermediate_size") or int(8 * dim / 3),
-        window=window,
-        max_seq_len=get("max_position_embeddings"),
-        norm_eps=hf.get("rms_norm_eps", 1e-5),
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", _THETA))),
-        dropout=float(hf.get("dropout") or 0.0),
-    )
+    return {
+        "dim": dim,
+        "n_layers": get("num_hidden_layers"),
+        "n_heads": get("num_attention_heads"),
+        "n_kv_heads": hf.get("num_key_value_heads"),
+        "ffn_dim": get("intermediate_size") or int(8 * dim / 3),
+        "window": window,
+        "max_seq_len": get("max_position_embeddings"),
+        "norm_eps": hf.get("rms_norm_eps", 1e-5),
+        "rope_theta": float(rope.get("rope_theta", hf.get("rope_theta", _THETA))),
+        "dropout": float(hf.get("dropout") or 0.0),
+    }
 
 
 def config_from_hf(hf: dict[str, Any]) -> BLTConfig:
@@ -95,7 +113,9 @@ def config_from_hf(hf: dict[str, Any]) -> BLTConfig:
     enc_hf, dec_hf, glob_hf = (hf.get(n) or {} for n in ("encoder_config", "decoder_config", "global_config"))
     for name, sub in (("encoder_config", enc_hf), ("decoder_config", dec_hf)):
         if sub.get("cross_attn_k", k) != k:
-            raise CheckpointError(f"{name}.cross_attn_k ({sub['cross_attn_k']}) differs from cross_attn_k ({k})")
+            raise CheckpointError(
+                f"{name}.cross_attn_k ({sub['cross_attn_k']}) differs from cross_attn_k ({k})"
+            )
     glob_dim = glob_hf.get("hidden_size", _GLOBAL["hidden_size"])
     if dec_hf.get("hidden_size_global", 2048) != glob_dim:
         raise CheckpointError(
@@ -116,7 +136,8 @@ def config_from_hf(hf: dict[str, Any]) -> BLTConfig:
             hash_functions=hf.get("encoder_hash_byte_group_nb_functions", 1),
         )
         decoder = LocalDecoderConfig(
-            **_stack(dec_hf, _DECODER, window), cross_attn_all_layers=dec_hf.get("cross_attn_all_layers", True)
+            **_stack(dec_hf, _DECODER, window),
+            cross_attn_all_layers=dec_hf.get("cross_attn_all_layers", True),
         )
         global_transformer = TransformerConfig(**_stack(glob_hf, _GLOBAL, None))
         patching = PatchingConfig(
@@ -152,7 +173,9 @@ def load_hf(directory: str | Path, data: dict[str, Any], backend: str = "sdpa"):
     own = model.state_dict()
     for ours, theirs in names.items():
         if theirs not in state:
-            raise CheckpointError(f"{directory}: missing tensor '{theirs}' (expected shape {tuple(own[ours].shape)})")
+            raise CheckpointError(
+                f"{directory}: missing tensor '{theirs}' (expected shape {tuple(own[ours].shape)})"
+            )
         if tuple(state[theirs].shape) != tuple(own[ours].shape):
             raise CheckpointError(
                 f"{directory}: tensor '{theirs}' has shape {tuple(state[theirs].shape)}, "
@@ -171,18 +194,18 @@ def load_hf(directory: str | Path, data: dict[str, Any], backend: str = "sdpa"):
 
 
 def _hf_stack(c: TransformerConfig) -> dict[str, Any]:
-    return dict(
-        hidden_size=c.dim,
-        num_attention_heads=c.n_heads,
-        num_key_value_heads=c.kv_heads,
-        num_hidden_layers=c.n_layers,
-        intermediate_size=c.hidden_dim,
-        max_position_embeddings=c.max_seq_len,
-        rms_norm_eps=c.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        dropout=c.dropout,
-        hidden_act="silu",
-    )
+    return {
+        "hidden_size": c.dim,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.kv_heads,
+        "num_hidden_layers": c.n_layers,
+        "intermediate_size": c.hidden_dim,
+        "max_position_embeddings": c.max_seq_len,
+        "rms_norm_eps": c.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        "dropout": c.dropout,
+        "hidden_act": "silu",
+    }
 
 
 def config_to_hf(config: BLTConfig) -> dict[str, Any]:
@@ -193,36 +216,51 @@ def config_to_hf(config: BLTConfig) -> dict[str, Any]:
             f"transformers' BLT uses one local window for encoder and decoder; got {enc.window} and {dec.window}"
         )
     if glob.window is not None:
-        raise ValueError("transformers' BLT global transformer has no sliding window; set global_transformer.window None")
+        raise ValueError(
+            "transformers' BLT global transformer has no sliding window; set global_transformer.window None"
+        )
     if config.entropy_model is not None and config.patching.scheme != "entropy":
-        raise ValueError(f"transformers' BLT patches in forward by entropy only, not {config.patching.scheme!r}")
+        raise ValueError(
+            f"transformers' BLT patches in forward by entropy only, not {config.patching.scheme!r}"
+        )
     k = config.cross_attn_k
-    out: dict[str, Any] = dict(
-        model_type="blt",
-        architectures=["BltForCausalLM"],
-        vocab_size=config.vocab_size,
-        max_position_embeddings=glob.max_seq_len,
-        patch_in_forward=config.entropy_model is not None,
-        patch_size=config.patching.patch_size,
-        patching_mode="entropy",
-        patching_threshold=config.patching.threshold,
-        patching_batch_size=1,
-        max_patch_length=config.patching.max_patch_length,
-        local_attention_window_len=enc.window,
-        cross_attn_k=k,
-        encoder_hash_byte_group_size=list(enc.hash_ngram_sizes),
-        encoder_hash_byte_group_vocab=enc.hash_vocab,
-        encoder_hash_byte_group_nb_functions=enc.hash_functions,
-        encoder_config=dict(_hf_stack(enc), vocab_size=config.vocab_size, cross_attn_all_layers=enc.cross_attn_all_layers,
-                            cross_attn_k=k, hidden_size_global=glob.dim, sliding_window=enc.window),
-        decoder_config=dict(_hf_stack(dec), vocab_size=config.vocab_size, cross_attn_all_layers=dec.cross_attn_all_layers,
-                            cross_attn_k=k, hidden_size_global=glob.dim),
-        global_config=_hf_stack(glob),
-        tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": glob.rope_theta},
-        dtype="float32",
-        use_cache=False,  # transformers' BLT cache path fails (5.x); without it forward and generate work
-    )
+    out: dict[str, Any] = {
+        "model_type": "blt",
+        "architectures": ["BltForCausalLM"],
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": glob.max_seq_len,
+        "patch_in_forward": config.entropy_model is not None,
+        "patch_size": config.patching.patch_size,
+        "patching_mode": "entropy",
+        "patching_threshold": config.patching.threshold,
+        "patching_batch_size": 1,
+        "max_patch_length": config.patching.max_patch_length,
+        "local_attention_window_len": enc.window,
+        "cross_attn_k": k,
+        "encoder_hash_byte_group_size": list(enc.hash_ngram_sizes),
+        "encoder_hash_byte_group_vocab": enc.hash_vocab,
+        "encoder_hash_byte_group_nb_functions": enc.hash_functions,
+        "encoder_config": dict(
+            _hf_stack(enc),
+            vocab_size=config.vocab_size,
+            cross_attn_all_layers=enc.cross_attn_all_layers,
+            cross_attn_k=k,
+            hidden_size_global=glob.dim,
+            sliding_window=enc.window,
+        ),
+        "decoder_config": dict(
+            _hf_stack(dec),
+            vocab_size=config.vocab_size,
+            cross_attn_all_layers=dec.cross_attn_all_layers,
+            cross_attn_k=k,
+            hidden_size_global=glob.dim,
+        ),
+        "global_config": _hf_stack(glob),
+        "tie_word_embeddings": False,
+        "rope_parameters": {"rope_type": "default", "rope_theta": glob.rope_theta},
+        "dtype": "float32",
+        "use_cache": False,  # transformers' BLT cache path fails (5.x); without it forward and generate work
+    }
     if config.entropy_model is not None:
         e = config.entropy_model
         out["patcher_config"] = dict(_hf_stack(e), vocab_size=e.vocab_size, sliding_window=e.window)

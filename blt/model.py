@@ -22,13 +22,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from blt import kernels as ops  # byte<->patch operations (BLT_KERNELS=reference: plain blt.patch_ops)
 from blt import patch_ops
-from blt.checkpoint import CheckpointError, checkpoint_kind, load_state, read_config, read_weights, save_pretrained
-from blt.config import BLTConfig, ConfigError, LocalDecoderConfig, LocalEncoderConfig, TransformerConfig, check
-from blt.config import from_dict, to_dict
+from blt.checkpoint import (
+    CheckpointError,
+    checkpoint_kind,
+    load_state,
+    read_config,
+    read_weights,
+    save_pretrained,
+)
+from blt.config import (
+    BLTConfig,
+    ConfigError,
+    LocalDecoderConfig,
+    LocalEncoderConfig,
+    TransformerConfig,
+    check,
+    from_dict,
+    to_dict,
+)
 from blt.layers import KVCache, RMSNorm, Transformer, init_weights
 from blt.tokenizer import check_ids
 
@@ -75,7 +90,9 @@ class LocalEncoder(nn.Module):
         self.n_tables = config.hash_functions * len(config.hash_ngram_sizes)
         self.embed_tokens = nn.Embedding(vocab_size, config.dim)
         # one table for every (hash function, n-gram size), concatenated (the released layout)
-        self.hash_embeddings = nn.Embedding(self.n_tables * config.hash_vocab, config.dim) if self.n_tables else None
+        self.hash_embeddings = (
+            nn.Embedding(self.n_tables * config.hash_vocab, config.dim) if self.n_tables else None
+        )
         self.transformer = Transformer(config, backend)
         self.patch_embedding_projection = nn.Linear(config.dim, config.dim * k_rep, bias=False)
         n_cross = config.n_layers if config.cross_attn_all_layers else 1
@@ -87,7 +104,12 @@ class LocalEncoder(nn.Module):
             return self.embed_tokens(ids)
         c = self.config
         return ops.hash_embedding(
-            ids, self.embed_tokens.weight, self.hash_embeddings.weight, c.hash_ngram_sizes, c.hash_functions, c.hash_vocab
+            ids,
+            self.embed_tokens.weight,
+            self.hash_embeddings.weight,
+            c.hash_ngram_sizes,
+            c.hash_functions,
+            c.hash_vocab,
         )
 
     def bytes(self, x: torch.Tensor, positions=None, cache: list[KVCache] | None = None) -> torch.Tensor:
@@ -100,7 +122,9 @@ class LocalEncoder(nn.Module):
         pooled = ops.patch_pool(h, patch_ids, num_patches, "max")
         queries = self.patch_embedding_projection(pooled).reshape(B, num_patches * self.k_rep, D)
         # the released models' quirk: the attention's own residual plus this one (see the module docstring)
-        out = queries + self.cross_attn_layers[-1](queries, h, ops.patch_query_attention, patch_ids, self.k_rep)
+        out = queries + self.cross_attn_layers[-1](
+            queries, h, ops.patch_query_attention, patch_ids, self.k_rep
+        )
         return out.reshape(B, num_patches, D * self.k_rep)
 
 
@@ -113,14 +137,18 @@ class GlobalTransformer(nn.Module):
         )
         self.transformer = Transformer(config, backend)
 
-    def forward(self, patches: torch.Tensor, positions=None, cache: list[KVCache] | None = None) -> torch.Tensor:
+    def forward(
+        self, patches: torch.Tensor, positions=None, cache: list[KVCache] | None = None
+    ) -> torch.Tensor:
         """patches [B, P, D_enc * k] -> latent states [B, P, D_global]."""
         x = patches if self.token_embedding_projection is None else self.token_embedding_projection(patches)
         return self.transformer(x, positions, cache)
 
 
 class LocalDecoder(nn.Module):
-    def __init__(self, config: LocalDecoderConfig, vocab_size: int, global_dim: int, k_rep: int, backend="sdpa"):
+    def __init__(
+        self, config: LocalDecoderConfig, vocab_size: int, global_dim: int, k_rep: int, backend="sdpa"
+    ):
         super().__init__()
         self.config, self.k_rep = config, k_rep
         self.patch_embedding_projection = nn.Linear(global_dim, config.dim * k_rep, bias=False)
@@ -152,8 +180,13 @@ class LocalDecoder(nn.Module):
 
 def check_blt_config(config: BLTConfig) -> None:
     """Shape constraints between the parts that the dataclasses cannot check one by one."""
-    check(config.encoder.n_layers >= 1, "encoder.n_layers must be >= 1 (patches are read from its last layer)")
-    check(config.decoder.n_layers >= 1, "decoder.n_layers must be >= 1 (its first layer cross-attends to patches)")
+    check(
+        config.encoder.n_layers >= 1, "encoder.n_layers must be >= 1 (patches are read from its last layer)"
+    )
+    check(
+        config.decoder.n_layers >= 1,
+        "decoder.n_layers must be >= 1 (its first layer cross-attends to patches)",
+    )
     check(
         config.decoder.dim == config.encoder.dim,
         f"decoder.dim ({config.decoder.dim}) must equal encoder.dim ({config.encoder.dim}): "
@@ -170,8 +203,12 @@ class BLT(nn.Module):
         self.config = config
         k = config.cross_attn_k
         self.encoder = LocalEncoder(config.encoder, config.vocab_size, k, backend)
-        self.global_transformer = GlobalTransformer(config.global_transformer, config.encoder.dim * k, backend)
-        self.decoder = LocalDecoder(config.decoder, config.vocab_size, config.global_transformer.dim, k, backend)
+        self.global_transformer = GlobalTransformer(
+            config.global_transformer, config.encoder.dim * k, backend
+        )
+        self.decoder = LocalDecoder(
+            config.decoder, config.vocab_size, config.global_transformer.dim, k, backend
+        )
         init_weights(self)
         self.patcher = None
         if config.entropy_model is not None:
@@ -192,7 +229,9 @@ class BLT(nn.Module):
 
     def check_ids(self, ids: torch.Tensor) -> None:
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-            raise ValueError(f"ids must be a [batch, time] tensor, got {getattr(ids, 'shape', type(ids).__name__)}")
+            raise ValueError(
+                f"ids must be a [batch, time] tensor, got {getattr(ids, 'shape', type(ids).__name__)}"
+            )
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise ValueError(f"ids must be an integer tensor, got dtype {ids.dtype}")
         if ids.numel() == 0:
@@ -200,13 +239,17 @@ class BLT(nn.Module):
         check_ids(ids, self.config.vocab_size)
         limit = min(self.config.encoder.max_seq_len, self.config.decoder.max_seq_len)
         if ids.shape[1] > limit:
-            raise ValueError(f"sequence of {ids.shape[1]} ids is longer than the configured maximum of {limit}")
+            raise ValueError(
+                f"sequence of {ids.shape[1]} ids is longer than the configured maximum of {limit}"
+            )
 
     def check_patch_lengths(self, lengths: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Validate caller-given patch lengths [B, P] against ids [B, T]; returns them as int64."""
         B, T = ids.shape
         if not isinstance(lengths, torch.Tensor) or lengths.dim() != 2:
-            raise ValueError(f"patch_lengths must be a [batch, patches] tensor, got {getattr(lengths, 'shape', lengths)}")
+            raise ValueError(
+                f"patch_lengths must be a [batch, patches] tensor, got {getattr(lengths, 'shape', lengths)}"
+            )
         if lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
             raise ValueError(f"patch_lengths must be an integer tensor, got dtype {lengths.dtype}")
         if lengths.shape[0] != B:
@@ -220,12 +263,16 @@ class BLT(nn.Module):
         sums = lengths.sum(-1)
         if (sums != T).any():
             row = int((sums != T).nonzero()[0])
-            raise ValueError(f"patch_lengths row {row} sums to {int(sums[row])}, but the sequence has {T} ids")
+            raise ValueError(
+                f"patch_lengths row {row} sums to {int(sums[row])}, but the sequence has {T} ids"
+            )
         # zeros are right padding only: an empty patch inside a row would shift the decoder's patch ids
         nonzero = lengths > 0
         if (nonzero[:, 1:] & ~nonzero[:, :-1]).any():
             row = int((nonzero[:, 1:] & ~nonzero[:, :-1]).any(-1).nonzero()[0])
-            raise ValueError(f"patch_lengths row {row} has an empty patch before a non-empty one (pad on the right)")
+            raise ValueError(
+                f"patch_lengths row {row} has an empty patch before a non-empty one (pad on the right)"
+            )
         if lengths.shape[1] > self.config.global_transformer.max_seq_len:
             raise ValueError(
                 f"{lengths.shape[1]} patches exceed global_transformer.max_seq_len "
@@ -283,9 +330,17 @@ class BLT(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # generation and checkpoints
 
-    def generate(self, prompt, max_new_bytes: int = 128, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, stop: bytes | None = None, seed: int | None = None,
-                 use_cache: bool = True):
+    def generate(
+        self,
+        prompt,
+        max_new_bytes: int = 128,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: bytes | None = None,
+        seed: int | None = None,
+        use_cache: bool = True,
+    ):
         """Sample a continuation of ``prompt``; see :func:`blt.generate.generate`."""
         from blt.generate import generate
 
@@ -311,7 +366,9 @@ class BLT(nn.Module):
 
             return load_hf(directory, data, backend).eval()
         if kind != KIND:
-            raise CheckpointError(f"{directory} holds a checkpoint of kind {kind!r}, not a BLT ({KIND!r} or transformers)")
+            raise CheckpointError(
+                f"{directory} holds a checkpoint of kind {kind!r}, not a BLT ({KIND!r} or transformers)"
+            )
         if not isinstance(data.get("config"), dict):
             raise CheckpointError(f"{directory}: config.json has no 'config' section")
         try:
@@ -323,7 +380,9 @@ class BLT(nn.Module):
         return model.eval()
 
 
-def decoder_patch_ids(lengths: torch.Tensor, seq_len: int, next_starts: torch.Tensor | None = None) -> torch.Tensor:
+def decoder_patch_ids(
+    lengths: torch.Tensor, seq_len: int, next_starts: torch.Tensor | None = None
+) -> torch.Tensor:
     """Latent patch each byte's decoder reads [B, T]: the last patch closed at or before it.
 
     Byte t reads patch ``pid(t + 1) - 1``: its own patch when the next byte starts a new one, else the one

@@ -39,7 +39,9 @@ def _wrap_int64(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-def hash_ngram_indices(ids: torch.Tensor, ngram_sizes: list[int], n_functions: int, hash_vocab: int) -> torch.Tensor:
+def hash_ngram_indices(
+    ids: torch.Tensor, ngram_sizes: list[int], n_functions: int, hash_vocab: int
+) -> torch.Tensor:
     """ids [B, T] -> rows [B, T, n_functions * len(ngram_sizes)] of ONE concatenated hash table.
 
     Table ``f * len(ngram_sizes) + i`` (hash function f, n-gram size ngram_sizes[i]) owns rows

@@ -52,7 +52,9 @@ def test_tensor_prompt_is_used_as_given(model):
 
 def test_sampling_is_seeded_and_matches_recompute(model):
     a = model.generate(["hi", "there"], 16, temperature=0.9, top_k=50, top_p=0.9, seed=7)
-    assert a == model.generate(["hi", "there"], 16, temperature=0.9, top_k=50, top_p=0.9, seed=7, use_cache=False)
+    assert a == model.generate(
+        ["hi", "there"], 16, temperature=0.9, top_k=50, top_p=0.9, seed=7, use_cache=False
+    )
     assert a != model.generate(["hi", "there"], 16, temperature=0.9, top_k=50, top_p=0.9, seed=8)
 
 

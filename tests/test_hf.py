@@ -13,29 +13,75 @@ from blt.convert import main as convert_main
 from blt.model import BLT
 
 transformers = pytest.importorskip("transformers")
-from transformers import BltConfig, BltForCausalLM  # noqa: E402
+from transformers import BltConfig, BltForCausalLM
 
 SHAPES = [
-    dict(),  # encoder and global widths match: no token_embedding_projection
-    dict(glob=48, k=3, enc_layers=2, all_enc=True, kv=1, window=6),  # projection, GQA, all-layer encoder
-    dict(all_dec=False, window=None, dec_layers=3, sizes=[3, 5]),
+    {},  # encoder and global widths match: no token_embedding_projection
+    {
+        "glob": 48,
+        "k": 3,
+        "enc_layers": 2,
+        "all_enc": True,
+        "kv": 1,
+        "window": 6,
+    },  # projection, GQA, all-layer encoder
+    {"all_dec": False, "window": None, "dec_layers": 3, "sizes": [3, 5]},
 ]
 
 
-def hf_blt(seed=0, enc=32, glob=64, k=2, enc_layers=1, dec_layers=2, all_enc=False, all_dec=True, window=8, kv=None,
-           sizes=None, attn="eager"):
+def hf_blt(
+    seed=0,
+    enc=32,
+    glob=64,
+    k=2,
+    enc_layers=1,
+    dec_layers=2,
+    all_enc=False,
+    all_dec=True,
+    window=8,
+    kv=None,
+    sizes=None,
+    attn="eager",
+):
     torch.manual_seed(seed)
     config = BltConfig(
-        encoder_config=dict(hidden_size=enc, num_attention_heads=2, num_hidden_layers=enc_layers, num_key_value_heads=kv,
-                            cross_attn_all_layers=all_enc, cross_attn_k=k, hidden_size_global=glob),
-        decoder_config=dict(hidden_size=enc, num_attention_heads=2, num_hidden_layers=dec_layers, intermediate_size=48,
-                            cross_attn_all_layers=all_dec, cross_attn_k=k, hidden_size_global=glob,
-                            rope_parameters={"rope_type": "default", "rope_theta": 1000.0}),
-        global_config=dict(hidden_size=glob, num_attention_heads=2, num_hidden_layers=1, intermediate_size=96),
-        patcher_config=dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64,
-                            sliding_window=16),
-        encoder_hash_byte_group_size=sizes, encoder_hash_byte_group_vocab=97, cross_attn_k=k,
-        local_attention_window_len=window, use_cache=False,
+        encoder_config={
+            "hidden_size": enc,
+            "num_attention_heads": 2,
+            "num_hidden_layers": enc_layers,
+            "num_key_value_heads": kv,
+            "cross_attn_all_layers": all_enc,
+            "cross_attn_k": k,
+            "hidden_size_global": glob,
+        },
+        decoder_config={
+            "hidden_size": enc,
+            "num_attention_heads": 2,
+            "num_hidden_layers": dec_layers,
+            "intermediate_size": 48,
+            "cross_attn_all_layers": all_dec,
+            "cross_attn_k": k,
+            "hidden_size_global": glob,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000.0},
+        },
+        global_config={
+            "hidden_size": glob,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "intermediate_size": 96,
+        },
+        patcher_config={
+            "hidden_size": 32,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "intermediate_size": 64,
+            "sliding_window": 16,
+        },
+        encoder_hash_byte_group_size=sizes,
+        encoder_hash_byte_group_vocab=97,
+        cross_attn_k=k,
+        local_attention_window_len=window,
+        use_cache=False,
     )
     config._attn_implementation = attn
     model = BltForCausalLM(config).eval()

@@ -50,12 +50,18 @@ def test_patch_ids_from_lengths():
     lengths = torch.tensor([[1, 3, 2, 0], [1, 1, 1, 3]])
     assert patch_ops.patch_ids_from_lengths(lengths, 6).tolist() == [[0, 1, 1, 1, 2, 2], [0, 1, 2, 3, 3, 3]]
     # past the sum: the row's last non-empty patch, never a padding patch
-    assert patch_ops.patch_ids_from_lengths(lengths[:, 1:], 6).tolist() == [[0, 0, 0, 1, 1, 1], [0, 1, 2, 2, 2, 2]]
+    assert patch_ops.patch_ids_from_lengths(lengths[:, 1:], 6).tolist() == [
+        [0, 0, 0, 1, 1, 1],
+        [0, 1, 2, 2, 2, 2],
+    ]
     assert patch_ops.patch_ids_from_lengths(torch.zeros(1, 0, dtype=torch.long), 2).tolist() == [[-1, -1]]
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.lists(st.integers(1, 5), min_size=1, max_size=6), min_size=1, max_size=3), st.sampled_from(["max", "mean"]))
+@given(
+    st.lists(st.lists(st.integers(1, 5), min_size=1, max_size=6), min_size=1, max_size=3),
+    st.sampled_from(["max", "mean"]),
+)
 def test_patch_pool_matches_loop(rows, mode):
     P = max(len(r) for r in rows)
     T = max(sum(r) for r in rows)
@@ -94,7 +100,9 @@ def test_patch_cross_attentions_match_loops():
             if not allowed.any():
                 assert torch.equal(out[b, :, row], torch.zeros(3, 8))
                 continue
-            expected = _dense_attention(q[b, :, row : row + 1], kk[b, :, allowed], v[b, :, allowed], torch.ones(1, dtype=torch.bool))
+            expected = _dense_attention(
+                q[b, :, row : row + 1], kk[b, :, allowed], v[b, :, allowed], torch.ones(1, dtype=torch.bool)
+            )
             torch.testing.assert_close(out[b, :, row], expected[:, 0])
     qb = torch.randn(2, 3, T, 8)
     kp, vp = torch.randn(2, 3, P * k, 8), torch.randn(2, 3, P * k, 8)
@@ -107,7 +115,9 @@ def test_patch_cross_attentions_match_loops():
                 assert torch.equal(out[b, :, t], torch.zeros(3, 8))
                 continue
             sl = slice(p * k, p * k + k)
-            expected = _dense_attention(qb[b, :, t : t + 1], kp[b, :, sl], vp[b, :, sl], torch.ones(1, dtype=torch.bool))
+            expected = _dense_attention(
+                qb[b, :, t : t + 1], kp[b, :, sl], vp[b, :, sl], torch.ones(1, dtype=torch.bool)
+            )
             torch.testing.assert_close(out[b, :, t], expected[:, 0])
 
 
@@ -144,7 +154,9 @@ def test_batch_rows_are_independent():
     batched = model(ids, patch_lengths=lengths)
     for b in range(3):
         row = lengths[b : b + 1, : int((lengths[b] > 0).sum())]
-        torch.testing.assert_close(batched.logits[b], model(ids[b : b + 1], patch_lengths=row).logits[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            batched.logits[b], model(ids[b : b + 1], patch_lengths=row).logits[0], atol=1e-5, rtol=1e-5
+        )
 
 
 def test_causality_fixed_patches():

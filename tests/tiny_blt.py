@@ -15,15 +15,24 @@ from blt.config import (
 from blt.model import BLT
 
 
-def tiny_config(threshold: float = 5.0, entropy: bool = True, max_seq_len: int = 512, **patching) -> BLTConfig:
+def tiny_config(
+    threshold: float = 5.0, entropy: bool = True, max_seq_len: int = 512, **patching
+) -> BLTConfig:
     return BLTConfig(
         cross_attn_k=2,
-        encoder=LocalEncoderConfig(dim=32, n_heads=2, window=8, hash_vocab=61, hash_ngram_sizes=[2, 3, 4],
-                                   max_seq_len=max_seq_len),
-        decoder=LocalDecoderConfig(dim=32, n_heads=2, n_layers=2, window=8, ffn_dim=48, max_seq_len=max_seq_len),
-        global_transformer=TransformerConfig(dim=48, n_layers=1, n_heads=2, ffn_dim=64, max_seq_len=max_seq_len),
+        encoder=LocalEncoderConfig(
+            dim=32, n_heads=2, window=8, hash_vocab=61, hash_ngram_sizes=[2, 3, 4], max_seq_len=max_seq_len
+        ),
+        decoder=LocalDecoderConfig(
+            dim=32, n_heads=2, n_layers=2, window=8, ffn_dim=48, max_seq_len=max_seq_len
+        ),
+        global_transformer=TransformerConfig(
+            dim=48, n_layers=1, n_heads=2, ffn_dim=64, max_seq_len=max_seq_len
+        ),
         patching=PatchingConfig(threshold=threshold, **patching),
-        entropy_model=EntropyModelConfig(dim=32, n_layers=1, n_heads=2, ffn_dim=48, window=16) if entropy else None,
+        entropy_model=EntropyModelConfig(dim=32, n_layers=1, n_heads=2, ffn_dim=48, window=16)
+        if entropy
+        else None,
     )
 
 

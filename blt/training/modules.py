@@ -19,11 +19,11 @@ import torch.nn.functional as F
 
 from blt.baseline import BaselineLM, BPETokenizer
 from blt.config import PatchingConfig, to_dict
-from blt.data import PackedBatches, iter_documents
+from blt.data import PackedBatches
 from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
 from blt.model import BLT
 from blt.patcher import EntropyModel, calibrate_threshold
-from blt.tokenizer import OFFSET, PAD_ID, encode
+from blt.tokenizer import OFFSET, PAD_ID
 from blt.training.callbacks import NonFiniteLossError, say
 from blt.training.config import OptimConfig, RunConfig
 from blt.training.datamodule import TokenBatches, TrainStream, ValSet, token_stream
@@ -269,17 +269,14 @@ class BLTTask(LMTask):
         return extras
 
 
-def calibrated_patching(entropy: EntropyModel, run: RunConfig, sample_bytes: int = 65536) -> PatchingConfig:
-    """``run.blt.patching`` with the threshold giving ``trainer.target_patch_size`` on the first training text."""
-    docs, size = [], 0
-    for doc in iter_documents(run.data, "train"):
-        docs.append(torch.tensor(encode(doc[: sample_bytes - size])))
-        size += len(docs[-1]) - 1
-        if size >= sample_bytes:
-            break
-    entropies = [entropy.entropies(d[None])[0] for d in docs]
-    calibration = calibrate_threshold(docs, entropies, run.trainer.target_patch_size, patching=run.blt.patching)
-    say(f"patching calibrated on {size} training bytes: {calibration}")
+def calibrated_patching(entropy: EntropyModel, run: RunConfig, sample_bytes: int = 32768) -> PatchingConfig:
+    """``run.blt.patching`` with the threshold giving ``trainer.target_patch_size`` on training windows."""
+    packed = PackedBatches(run.data, "train", shuffle=False)
+    n = min(len(packed), math.ceil(sample_bytes / (run.data.batch_size * run.data.seq_len)))
+    rows = torch.cat([packed.batch_at(i)[:, :-1] for i in range(n)])  # [N, seq_len] in corpus order
+    entropies = entropy.entropies(rows)
+    calibration = calibrate_threshold(list(rows), list(entropies), run.trainer.target_patch_size, patching=run.blt.patching)
+    say(f"patching calibrated on {rows.numel()} training bytes: {calibration}")
     return calibration.patching(run.blt.patching)
 
 

@@ -1,0 +1,53 @@
+"""CUDA attention back-ends: their masks, built on the CPU, equal blt.attention.attention_mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from blt.attention import attention_mask
+from blt.attention_cuda import flex_mask_mod, xformers_bias
+
+SEGMENTS = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1]])
+CASES = [
+    (torch.tensor([[0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 4, 0]]),) * 2
+    + (None, SEGMENTS),  # packed, block-diagonal
+    (torch.arange(6), torch.arange(6), None, None),  # full causal
+    (torch.arange(10, 12), torch.arange(5, 12), 4, None),  # a chunk continuing a windowed cache
+    (
+        torch.tensor([[0, 1, 2, 0, 1, 2]]).repeat(2, 1),
+        torch.tensor([[0, 1, 2, 0, 1, 2]]).repeat(2, 1),
+        2,
+        torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1]]),
+    ),  # packed segments
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_flex_mask_mod(case):
+    q_pos, k_pos, window, seg = CASES[case]
+    mask_mod = flex_mask_mod(q_pos, k_pos, window, seg, seg, 2)
+    b = torch.arange(2)[:, None, None]
+    qi = torch.arange(q_pos.shape[-1])[None, :, None]
+    ki = torch.arange(k_pos.shape[-1])[None, None, :]
+    expected = attention_mask(q_pos, k_pos, window, seg, seg).expand(2, 1, -1, -1)[:, 0]
+    assert torch.equal(mask_mod(b, 0, qi, ki), expected)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_xformers_bias(case):
+    pytest.importorskip("xformers")
+    q_pos, k_pos, window, seg = CASES[case]
+    bias, flatten = xformers_bias(q_pos, k_pos, window, seg, seg, 2)
+    expected = attention_mask(q_pos, k_pos, window, seg, seg).expand(2, 1, -1, -1)
+    Tq, Tk = q_pos.shape[-1], k_pos.shape[-1]
+    if flatten:  # one block-diagonal sequence of both rows
+        dense = bias.materialize((2 * Tq, 2 * Tk)) == 0
+        for row in range(2):
+            block = dense[row * Tq : (row + 1) * Tq, row * Tk : (row + 1) * Tk]
+            assert torch.equal(block, expected[row, 0])
+        assert not dense[:Tq, Tk:].any()
+    elif isinstance(bias, torch.Tensor):
+        assert torch.equal(bias == 0, expected)
+    else:
+        assert torch.equal(bias.materialize((Tq, Tk)) == 0, expected[0, 0])
