@@ -1,12 +1,13 @@
 """The comparison study at tiny scale: BLT patchings against a BPE baseline at equal training FLOPs.
 
     python bench/study.py --data /work/shared/corpora/kjv.txt [--config configs/tiny.yaml] [--out runs/study]
-                          [--baseline-steps 400 | --budget FLOPS] [--entropy-steps 300]
-                          [--patch-sizes 3,5] [--static 4] [--eval-documents 40] [--dry-run]
+                          [--baseline-steps 200 | --budget FLOPS] [--entropy-steps 300]
+                          [--patch-sizes 3,6] [--static 4] [--eval-documents 40] [--threads N] [--dry-run]
+                          [--section.key value ...]
 
 1. Train the entropy model (``python train.py entropy``).
-2. Calibrate one entropy threshold per target mean patch size (``--patch-sizes``) on training text, and
-   measure the mean patch size of the static and space schemes on the same text.
+2. Calibrate one entropy threshold per target mean patch size (``--patch-sizes``) on training windows, and
+   measure the mean patch size of the static and space schemes on the same windows.
 3. Give every model the same training FLOPs: the budget (``--budget``, or what ``--baseline-steps`` steps of
    the baseline cost) divided by each model's training FLOPs per step (``blt.eval.flops``, 3x forward,
    entropy model excluded as in the paper) sets its ``--trainer.max_steps``. Then train the BLT with
@@ -15,16 +16,18 @@
    of ``data.seq_len`` positions (bytes for BLT, tokens for the baseline: what each saw in training), and
    writes the table and plots to ``<out>/comparison``.
 
-The corpus is cut into documents of at most 8 KB with 5% held out for validation (override with
-``--data.max_doc_bytes`` and ``--data.val_fraction``). Every command is printed and appended to
-``<out>/commands.txt``. Nothing in the package reads ``--data``.
+As in the paper's comparison, the baseline gets the shape of the BLT's global transformer (width, depth,
+heads); ``--baseline.dim`` etc. override that. The corpus is cut into documents of at most 8 KB with 5%
+held out for validation (``--data.max_doc_bytes``, ``--data.val_fraction``). Every command is printed and
+appended to ``<out>/commands.txt``. Nothing in the package reads ``--data``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
+import math
+import os
 import shlex
 import subprocess
 import sys
@@ -36,47 +39,40 @@ from blt.eval.flops import blt_flops_per_byte, tokenized_flops_per_byte
 from blt.patcher import EntropyModel, calibrate_threshold, patch_lengths
 
 from blt.config import PatchingConfig
-from blt.data import iter_documents
-from blt.tokenizer import encode
+from blt.data import PackedBatches
 from blt.training.config import load_run_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(cmd: list[str], log: Path, dry_run: bool) -> None:
+def run(cmd: list[str], log: Path, dry_run: bool, env: dict[str, str]) -> None:
     line = shlex.join(cmd)
     print(f"\n$ {line}", flush=True)
     with open(log, "a") as f:
         f.write(line + "\n")
     if not dry_run:
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=ROOT)
+        subprocess.run(cmd, check=True, cwd=ROOT, env=env)
         print(f"({time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def sample_ids(config, max_bytes: int = 65536) -> list[torch.Tensor]:
-    """Training documents as BOS + byte ids (cut to ``seq_len`` ids, as the model sees them), ~max_bytes."""
-    docs, total = [], 0
-    for doc in iter_documents(config.data, "train"):
-        ids = encode(doc)[: config.data.seq_len]
-        docs.append(torch.tensor(ids))
-        total += len(ids)
-        if total >= max_bytes:
-            break
-    return docs
+def training_windows(config, max_bytes: int = 65536) -> torch.Tensor:
+    """The first training windows in corpus order, [N, seq_len] ids, about ``max_bytes`` of them."""
+    packed = PackedBatches(config.data, "train", shuffle=False)
+    n = min(len(packed), math.ceil(max_bytes / (config.data.batch_size * config.data.seq_len)))
+    return torch.cat([packed.batch_at(i)[:, :-1] for i in range(n)])
 
 
 @torch.no_grad()
 def patchings(
-    entropy_dir: Path, config, patch_sizes: list[float], static: int
+    entropy_dir: Path, config, sizes: list[float], static: int
 ) -> dict[str, tuple[PatchingConfig, float]]:
-    """name -> (patching, mean patch size on training text) for every BLT of the study."""
-    model = EntropyModel.from_pretrained(entropy_dir)
-    docs = sample_ids(config)
-    entropies = [model.entropies(d[None])[0] for d in docs]
+    """name -> (patching, mean patch size on training windows) for every BLT of the study."""
+    rows = training_windows(config)
+    entropies = EntropyModel.from_pretrained(entropy_dir).entropies(rows)
     out = {}
-    for size in patch_sizes:
-        cal = calibrate_threshold(docs, entropies, target_patch_size=size)
+    for size in sizes:
+        cal = calibrate_threshold(list(rows), list(entropies), target_patch_size=size)
         print(f"entropy patching: {cal}")
         out[f"blt-entropy-p{size:g}"] = (
             PatchingConfig(scheme="entropy", threshold=cal.threshold),
@@ -86,8 +82,7 @@ def patchings(
         (f"blt-static{static}", PatchingConfig(scheme="static", patch_size=static)),
         ("blt-space", PatchingConfig(scheme="space")),
     ):
-        n_patches = sum(int((patch_lengths(d[None], patching) > 0).sum()) for d in docs)
-        out[name] = (patching, sum(d.numel() for d in docs) / n_patches)
+        out[name] = (patching, rows.numel() / int((patch_lengths(rows, patching) > 0).sum()))
     return out
 
 
@@ -105,7 +100,29 @@ def baseline_step_flops(config) -> float:
     return per_token.training_flops_per_byte * config.data.batch_size * config.data.seq_len
 
 
-def main(argv: list[str] | None = None) -> None:
+def schedule(steps: int, val_points: int) -> list[str]:
+    """max_steps, with validations (the curve's points) spread over the run and one checkpoint at the end."""
+    every = max(1, steps // val_points)
+    return [
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_every",
+        str(every),
+        "--trainer.checkpoint_every",
+        str(steps),
+    ]
+
+
+def study_overrides(args, user: list[str]) -> list[str]:
+    """Defaults of the study, then the user's overrides (later ones win), then the corpus."""
+    defaults = ["--data.val_fraction", "0.05", "--data.max_doc_bytes", "8192"]
+    glob = load_run_config(ROOT / args.config, user).blt.global_transformer
+    shape = ["--baseline.dim", str(glob.dim), "--baseline.n_layers", str(glob.n_layers)]
+    shape += ["--baseline.n_heads", str(glob.n_heads)]
+    return [*defaults, *shape, *user, "--data.source", args.data]
+
+
+def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--data", required=True, help="corpus for training and evaluation (data.source)")
     parser.add_argument(
@@ -114,26 +131,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/study", help="folder for the runs and the comparison")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--budget", type=float, default=None, help="training FLOPs per model")
-    budget.add_argument("--baseline-steps", type=int, default=400, help="budget = this many baseline steps")
+    budget.add_argument("--baseline-steps", type=int, default=200, help="budget = this many baseline steps")
     parser.add_argument("--entropy-steps", type=int, default=300, help="steps of the entropy model")
-    parser.add_argument("--patch-sizes", default="3,5", help="target mean patch sizes of the entropy runs")
+    parser.add_argument("--patch-sizes", default="3,6", help="target mean patch sizes of the entropy runs")
     parser.add_argument("--static", type=int, default=4, help="patch size of the static-patching run")
     parser.add_argument("--val-points", type=int, default=5, help="validations per run (the curves)")
     parser.add_argument(
         "--eval-documents", type=int, default=40, help="validation documents the comparison scores"
     )
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of every command")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the commands and budgets, train nothing"
     )
-    args, overrides = parser.parse_known_args(argv)
-    if args.static <= 0:
-        parser.error(f"--static must be > 0, got {args.static}")
-    # many documents of modest size, so the validation split has enough of them for a standard error
-    overrides = ["--data.val_fraction", "0.05", "--data.max_doc_bytes", "8192", *overrides, "--data.source", args.data]
+    args, user = parser.parse_known_args(argv)
+    for name in ("static", "baseline_steps", "entropy_steps", "val_points", "eval_documents", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.budget is not None and not args.budget > 0:
+        parser.error(f"--budget must be > 0, got {args.budget}")
+    return args, user
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, user = parse_args(argv)
+    overrides = study_overrides(args, user)
     config = load_run_config(ROOT / args.config, overrides)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.txt"
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     train = [sys.executable, "train.py"]
     common = [
         "--config",
@@ -147,54 +174,26 @@ def main(argv: list[str] | None = None) -> None:
 
     entropy_dir = out / "entropy" / "model"
     if not (entropy_dir / "config.json").is_file():
-        run(
-            [
-                *train,
-                "entropy",
-                *common,
-                "--trainer.name",
-                "entropy",
-                "--trainer.max_steps",
-                str(args.entropy_steps),
-            ],
-            log,
-            args.dry_run,
-        )
-    sizes = [float(s) for s in args.patch_sizes.split(",") if s]
-    if args.dry_run and not entropy_dir.is_dir():
-        print("dry run: no entropy model yet, so no calibrated thresholds")
+        steps = ["--trainer.name", "entropy", "--trainer.max_steps", str(args.entropy_steps)]
+        run([*train, "entropy", *common, *steps], log, args.dry_run, env)
+    if not entropy_dir.is_dir():
+        print("dry run: no entropy model yet, so no calibrated thresholds and budgets")
         return
-    jobs = patchings(entropy_dir, config, sizes, args.static)
+    jobs = patchings(entropy_dir, config, [float(s) for s in args.patch_sizes.split(",") if s], args.static)
     budget = args.budget or args.baseline_steps * baseline_step_flops(config)
     print(f"\ntraining budget per model: {budget:.3g} FLOPs")
 
     runs = []
     for name, (patching, mean_patch) in jobs.items():
         steps = max(1, round(budget / blt_step_flops(config, patching, mean_patch)))
-        print(f"{name}: mean patch size {mean_patch:.2f} on training text -> {steps} steps")
-        flags = [
-            "--blt.patching.scheme",
-            patching.scheme,
-            "--blt.patching.threshold",
-            repr(patching.threshold),
-            "--blt.patching.patch_size",
-            str(patching.patch_size),
-        ]
-        run(
-            [
-                *train,
-                "blt",
-                *common,
-                "--entropy_checkpoint",
-                str(entropy_dir),
-                *flags,
-                "--trainer.name",
-                name,
-                *schedule(steps, args.val_points),
-            ],
-            log,
-            args.dry_run,
-        )
+        print(f"{name}: mean patch size {mean_patch:.2f} on training windows -> {steps} steps")
+        flags = ["--blt.patching.scheme", patching.scheme, "--trainer.target_patch_size", "none"]
+        if patching.scheme == "entropy":
+            flags += ["--blt.patching.threshold", repr(patching.threshold)]
+        if patching.scheme == "static":
+            flags += ["--blt.patching.patch_size", str(patching.patch_size)]
+        flags += ["--entropy_checkpoint", str(entropy_dir), "--trainer.name", name]
+        run([*train, "blt", *common, *flags, *schedule(steps, args.val_points)], log, args.dry_run, env)
         runs.append(out / name)
     steps = max(1, round(budget / baseline_step_flops(config)))
     print(f"bpe: {steps} steps")
@@ -202,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         [*train, "baseline", *common, "--trainer.name", "bpe", *schedule(steps, args.val_points)],
         log,
         args.dry_run,
+        env,
     )
     runs.append(out / "bpe")
 
@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         *map(str, runs),
         "--out",
         str(out / "comparison"),
+    ]
+    compare += [
         "--data",
         args.data,
         "--context",
@@ -220,28 +222,14 @@ def main(argv: list[str] | None = None) -> None:
         "--max-documents",
         str(args.eval_documents),
     ]
-    compare += list(
-        itertools.chain.from_iterable(
-            (f"--data.{k}", str(getattr(config.data, k)))
-            for k in ("val_fraction", "max_doc_bytes", "max_bytes")
-            if getattr(config.data, k) is not None
-        )
-    )
-    run(compare, log, args.dry_run)
-
-
-def schedule(steps: int, val_points: int) -> list[str]:
-    """max_steps, with validation (the curve points) and checkpoints spread over the run."""
-    every = max(1, steps // val_points)
-    return [
-        "--trainer.max_steps",
-        str(steps),
-        "--trainer.val_every",
-        str(every),
-        "--trainer.checkpoint_every",
-        str(max(every, steps)),
-    ]
+    for key in ("val_fraction", "max_doc_bytes", "max_bytes", "cache_dir"):
+        if getattr(config.data, key) is not None:
+            compare += [f"--data.{key}", str(getattr(config.data, key))]
+    run(compare, log, args.dry_run, env)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except subprocess.CalledProcessError as e:
+        sys.exit(f"study stopped: a command failed with exit code {e.returncode}: {shlex.join(e.cmd)}")

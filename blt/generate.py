@@ -1,44 +1,149 @@
-"""Sampling bytes from a BLT, with cached incremental decoding.
+"""Sampling bytes from a BLT, with cached incremental decoding of a whole batch at once.
 
 Each new byte costs one step of every part, and none of them grows with the context except the global
 transformer's cache, which gains one entry per patch:
 
-- the streaming patcher (entropy model with a windowed KV cache) says whether the next byte starts a patch;
-- the local encoder runs the byte through its windowed layers (KV cache bounded by the window);
+- the entropy model (windowed KV cache) gives the new byte's entropy, and the patching rules say whether the
+  next byte starts a patch;
+- the local encoder runs the byte through its windowed layers;
 - when a patch closes, its byte states are pooled and cross-attended into one patch, and the global
-  transformer takes one step with its KV cache;
-- the local decoder runs the byte against the latest closed patch (windowed KV cache) and gives the logits.
+  transformer takes one step;
+- the local decoder runs the byte against the latest closed patch and gives the logits.
 
 The logits equal those of :meth:`BLT.forward` on the whole sequence (patch boundaries at t depend only on
 bytes before t), so greedy cached decoding reproduces greedy decoding that recomputes everything.
-Prompts of different lengths are decoded one after the other, each with its own caches.
+
+Prompts of different lengths decode together: each row keeps its own positions, every step advances all
+rows, and the global transformer steps for all rows whenever any row closes a patch (rows that did not close
+one discard the result; see :class:`StackStep`). Each prompt is prefilled on its own through the modules'
+ordinary forward, then its caches are copied into the batch's buffers.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from blt import patch_ops
+from blt.layers import KVCache, Transformer, apply_rope
 from blt.model import decoder_patch_ids
 from blt.patcher import StreamingPatcher, lengths_from_starts
+from blt.patcher.entropy_model import entropy_from_logits
+from blt.patcher.schemes import patch_starts, split_long_patches
 from blt.tokenizer import EOS_ID, OFFSET, check_ids, decode, encode
 
+EMPTY = 1 << 62  # position of a KV slot that holds nothing: no query ever sees it
 
-class IncrementalDecoder:
-    """Caches of all four parts for one sequence; :attr:`logits` predict the byte after the last one fed."""
 
-    @torch.no_grad()
+class StackStep:
+    """A transformer stack advanced by one position per row, each row at its own position.
+
+    Keys/values live in preallocated buffers [B, Hkv, S, Dh]: a ring of S = window slots (position p in slot
+    p % S) for windowed stacks, else a buffer that doubles when full. Every layer shares the slots' positions
+    [B, S], so one mask per step serves all layers. A row that writes a position and then does not advance
+    (the global stack for rows that closed no patch) rewrites the same slot at its next step, so the stale
+    entry is never seen. ``fuse`` concatenates the q/k/v and gate/up weights (one matmul each instead of
+    three / two); it copies those weights, so it is meant for the small local stacks.
+    """
+
+    def __init__(self, stack: Transformer, caches: list[list[KVCache]], max_len: int, fuse: bool):
+        self.stack, self.window = stack, stack.config.window
+        self.fused = [self._fuse(layer) for layer in stack.layers] if fuse else None
+        tops = [int(c[0].pos.max()) + 1 if len(c[0]) else 0 for c in caches]
+        if self.window is not None:
+            self.size, self.ring = min(self.window, max_len), True
+        else:
+            self.size, self.ring = max(16, 2 * max(tops)), False
+        ref = stack.layers[0].attn.k_proj.weight
+        attn = stack.layers[0].attn
+        B = len(caches)
+        shape = (B, attn.n_kv, self.size, attn.head_dim)
+        self.k = [ref.new_zeros(shape) for _ in stack.layers]
+        self.v = [ref.new_zeros(shape) for _ in stack.layers]
+        self.pos = torch.full((B, self.size), EMPTY, dtype=torch.long, device=ref.device)
+        self.rows = torch.arange(B, device=ref.device)
+        for b, cache in enumerate(caches):
+            if not len(cache[0]):
+                continue
+            slots = cache[0].pos % self.size
+            self.pos[b, slots] = cache[0].pos
+            for i, layer_cache in enumerate(cache):
+                self.k[i][b].index_copy_(1, slots, layer_cache.k[0].to(ref.dtype))
+                self.v[i][b].index_copy_(1, slots, layer_cache.v[0].to(ref.dtype))
+
+    @staticmethod
+    def _fuse(layer) -> tuple[torch.Tensor, torch.Tensor]:
+        a, m = layer.attn, layer.mlp
+        qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+        return qkv, torch.cat([m.gate_proj.weight, m.up_proj.weight])
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor, top: int) -> torch.Tensor:
+        """x [B, 1, D] at positions [B] (``top``: their maximum) -> [B, 1, D]."""
+        step = self.prepare(positions, top)
+        for i in range(len(self.stack.layers)):
+            x = self.layer(i, x, step)
+        return x
+
+    def prepare(self, positions: torch.Tensor, top: int) -> tuple:
+        """Claim each row's slot for positions [B]; returns what every layer of this step shares."""
+        if not self.ring and top >= self.size:
+            self._grow(2 * top)
+        slot = positions % self.size if self.ring else positions
+        self.pos[self.rows, slot] = positions
+        q = positions.unsqueeze(1)  # [B, 1]
+        seen = self.pos <= q
+        if self.window is not None:
+            seen &= self.pos > q - self.window
+        cos, sin = self.stack.rotary(q)  # [B, 1, Dh/2]
+        return cos, sin, slot, seen[:, None, None, :]  # mask [B, 1, 1, S]
+
+    def layer(self, i: int, x: torch.Tensor, step: tuple) -> torch.Tensor:
+        """Layer i of the stack on x [B, 1, D] (a pre-norm Block, as Block.forward computes it)."""
+        cos, sin, slot, mask = step
+        layer = self.stack.layers[i]
+        attn, mlp = layer.attn, layer.mlp
+        B, nq, nk = x.shape[0], attn.n_heads, attn.n_kv
+        h = layer.attn_norm(x)
+        if self.fused:
+            qkv = F.linear(h, self.fused[i][0])
+        else:
+            qkv = torch.cat([attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)], dim=-1)
+        qkv = qkv.view(B, -1, 1, attn.head_dim)  # [B, H + 2 Hkv, 1, Dh]
+        qk = apply_rope(qkv[:, : nq + nk], cos, sin)  # q and k in one call
+        self.k[i][self.rows, :, slot] = qk[:, nq:, 0]
+        self.v[i][self.rows, :, slot] = qkv[:, nq + nk :, 0]
+        y = F.scaled_dot_product_attention(
+            qk[:, :nq], self.k[i], self.v[i], attn_mask=mask, enable_gqa=nq != nk
+        )  # [B, H, 1, Dh]
+        x = x + attn.o_proj(y.reshape(B, 1, -1))
+        h = layer.mlp_norm(x)
+        if self.fused:
+            gate, up = F.linear(h, self.fused[i][1]).chunk(2, dim=-1)
+        else:
+            gate, up = mlp.gate_proj(h), mlp.up_proj(h)
+        return x + mlp.down_proj(F.silu(gate) * up)
+
+    def _grow(self, size: int) -> None:
+        extra = size - self.size
+        self.k = [F.pad(k, (0, 0, 0, extra)) for k in self.k]
+        self.v = [F.pad(v, (0, 0, 0, extra)) for v in self.v]
+        self.pos = F.pad(self.pos, (0, extra), value=EMPTY)
+        self.size = size
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.k, self.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
+        self.pos, self.rows = self.pos[rows], self.rows[: len(rows)]
+
+
+class _Prefill:
+    """One prompt [T] run in one chunk through every part, with the ordinary caches of each module."""
+
     def __init__(self, model, ids: torch.Tensor):
-        """ids [T] (T >= 1): the prompt, run in one chunk through every part."""
-        self.model = model
-        self.max_patches = model.config.global_transformer.max_seq_len
-        self.ngram_reach = max(model.config.encoder.hash_ngram_sizes, default=1)
         self.patcher = StreamingPatcher(model.config.patching, model.patcher)
         self.encoder_cache = model.encoder.transformer.new_cache()
         self.global_cache = model.global_transformer.transformer.new_cache()
         self.decoder_cache = model.decoder.transformer.new_cache()
-        self.ids = ids.tolist()
-        T = len(self.ids)
+        T = ids.shape[0]
         x = ids.unsqueeze(0)  # [1, T]
         starts = self.patcher.feed(x)  # [1, T]
         next_starts = self.patcher.next_starts()  # [1]
@@ -47,66 +152,209 @@ class IncrementalDecoder:
 
         lengths = lengths_from_starts(starts)  # [1, P]
         P = lengths.shape[1]
-        closed = P - 1 + int(next_starts[0])  # every patch but the open one (position 1 always starts one)
-        patches = model.encoder.patches(h, patch_ops.patch_ids_from_lengths(lengths, T), P)[:, :closed]
-        self._check_patches(closed)
-        latent = model.global_transformer(patches, torch.arange(closed, device=x.device), self.global_cache)
-        rows = model.decoder.patch_rows(latent)  # [1, closed * k, D]
+        self.patches = P - 1 + int(next_starts[0])  # all but the open one (position 1 always starts one)
+        check_patches(model, self.patches)
+        patches = model.encoder.patches(h, patch_ops.patch_ids_from_lengths(lengths, T), P)
+        latent = model.global_transformer(
+            patches[:, : self.patches], torch.arange(self.patches, device=x.device), self.global_cache
+        )
+        rows = model.decoder.patch_rows(latent)  # [1, patches * k, D]
         dec_ids = decoder_patch_ids(lengths, T, next_starts)
-        logits = model.decoder(h, rows, dec_ids, positions, self.decoder_cache)
-        self.logits = logits[0, -1]  # [vocab]
-
-        self.k = model.config.cross_attn_k
-        self.rows = rows[:, -self.k :]  # rows of the latest closed patch
-        self.patches = closed
+        self.logits = model.decoder(h, rows, dec_ids, positions, self.decoder_cache)[0, -1]  # [vocab]
+        self.rows = rows[0, -model.config.cross_attn_k :]  # [k, D] rows of the latest closed patch
         open_len = 0 if next_starts[0] else int(lengths[0, lengths[0] > 0][-1])
-        self.open_h = [h[:, T - open_len :]] if open_len else []  # byte states of the open patch
+        self.open_h = h[0, T - open_len :]  # [open_len, D] byte states of the open patch
 
-    def _check_patches(self, n: int) -> None:
-        if n > self.max_patches:
-            raise ValueError(f"{n} patches exceed global_transformer.max_seq_len ({self.max_patches})")
 
-    @torch.no_grad()
-    def push(self, token: int) -> torch.Tensor:
-        """Feed one id; returns the logits [vocab] for the id after it."""
-        model = self.model
-        t = len(self.ids)
-        self.ids.append(token)
-        self.patcher.push(token)
-        next_starts = bool(self.patcher.next_starts()[0])
-        device = self.rows.device
-        # hash n-grams of the new byte reach back ngram_reach - 1 ids
-        tail = torch.tensor(self.ids[-self.ngram_reach :], device=device).unsqueeze(0)
-        x = model.encoder.embed(tail)[:, -1:]  # [1, 1, D]
-        position = torch.tensor([t], device=device)
-        h = model.encoder.bytes(x, position, self.encoder_cache)  # [1, 1, D]
-        self.open_h.append(h)
-        if next_starts:  # the new byte closes its patch: one global step
-            self._check_patches(self.patches + 1)
-            hp = torch.cat(self.open_h, dim=1)  # [1, n, D]
-            patch = model.encoder.patches(hp, torch.zeros(hp.shape[:2], dtype=torch.long, device=device), 1)
-            latent = model.global_transformer(
-                patch, torch.tensor([self.patches], device=device), self.global_cache
-            )
-            self.rows = model.decoder.patch_rows(latent)  # [1, k, D]
-            self.patches += 1
-            self.open_h = []
-        zero = torch.zeros(1, 1, dtype=torch.long, device=device)
-        self.logits = model.decoder(h, self.rows, zero, position, self.decoder_cache)[0, -1]
+def check_patches(model, n: int) -> None:
+    limit = model.config.global_transformer.max_seq_len
+    if n > limit:
+        raise ValueError(f"{n} patches exceed global_transformer.max_seq_len ({limit})")
+
+
+def _left_pad(rows: list[torch.Tensor], width: int, dtype) -> torch.Tensor:
+    """1-D tensors -> [B, width]: the last ``width`` values of each, left-padded with 0."""
+    return torch.stack([F.pad(r[-width:], (width - min(width, r.numel()), 0)) for r in rows]).to(dtype)
+
+
+class IncrementalDecoder:
+    """Caches of all four parts for a batch of sequences; :attr:`logits` [B, vocab] predict each row's next id.
+
+    ``prompts``: a LongTensor [T] (a batch of one) or a list of them (any lengths >= 1). :meth:`push` feeds
+    one id per row; :meth:`select` drops rows (finished sequences).
+    """
+
+    @torch.inference_mode()
+    def __init__(self, model, prompts):
+        prompts = [prompts] if isinstance(prompts, torch.Tensor) else list(prompts)
+        if not prompts or any(p.dim() != 1 or p.numel() == 0 for p in prompts):
+            raise ValueError("IncrementalDecoder needs one or more non-empty 1-D id tensors")
+        self.model, config = model, model.config
+        self.k = config.cross_attn_k
+        self.max_len = min(config.encoder.max_seq_len, config.decoder.max_seq_len)
+        pre = [_Prefill(model, p) for p in prompts]
+        device = pre[0].logits.device
+        self.logits = torch.stack([p.logits for p in pre])  # [B, vocab]
+        self.lengths = [p.numel() for p in prompts]  # ids fed per row
+        self.patches = [p.patches for p in pre]  # closed patches per row (entries in the global cache)
+        self.open_lens = [p.open_h.shape[0] for p in pre]  # bytes of each row's open patch
+
+        self.entropy = None
+        if model.patcher is not None:
+            caches = [p.patcher.cache for p in pre]
+            self.entropy = StackStep(model.patcher.transformer, caches, self.max_len, fuse=True)
+        self.encoder = StackStep(model.encoder.transformer, [p.encoder_cache for p in pre], self.max_len, True)
+        self.decoder = StackStep(model.decoder.transformer, [p.decoder_cache for p in pre], self.max_len, True)
+        g = model.global_transformer.transformer
+        self.global_ = StackStep(g, [p.global_cache for p in pre], g.config.max_seq_len, fuse=False)
+
+        # the patching rules read the last two ids/entropies; the hash n-grams the last ngram_reach ids
+        self.tail_ids = _left_pad([p.patcher.tail_ids[0] for p in pre], 2, torch.long)
+        self.tail_entropies = _left_pad([p.patcher.tail_entropies[0] for p in pre], 2, torch.float32)
+        reach = max(config.encoder.hash_ngram_sizes, default=1)
+        self.recent = _left_pad([p.long() for p in prompts], reach, torch.long).to(device)
+        D = pre[0].open_h.shape[-1]
+        self.open_h = pre[0].open_h.new_zeros(len(pre), max(16, 2 * max(self.open_lens)), D)  # [B, L, D]
+        for b, p in enumerate(pre):
+            self.open_h[b, : p.open_h.shape[0]] = p.open_h
+        self._cross(torch.stack([p.rows for p in pre]), None)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lengths)
+
+    def _cross(self, rows: torch.Tensor, closed: torch.Tensor | None) -> None:
+        """Keys/values of the decoder's cross-attention layers for patch rows [B, k, D] (rows that closed)."""
+        new_k, new_v = [], []
+        for layer in self.model.decoder.cross_attn_layers:
+            m = layer.k_norm(rows)
+            new_k.append(layer.k_proj(m).view(rows.shape[0], self.k, layer.n_kv, -1).transpose(1, 2))
+            new_v.append(layer.v_proj(m).view(rows.shape[0], self.k, layer.n_kv, -1).transpose(1, 2))
+        if closed is None:
+            self.cross_k, self.cross_v = new_k, new_v
+            return
+        keep = closed[:, None, None, None]
+        self.cross_k = [torch.where(keep, n, o) for n, o in zip(new_k, self.cross_k)]
+        self.cross_v = [torch.where(keep, n, o) for n, o in zip(new_v, self.cross_v)]
+
+    @torch.inference_mode()
+    def push(self, tokens) -> torch.Tensor:
+        """Feed one id per row (list or LongTensor [B]); returns the logits [B, vocab] for the ids after them."""
+        model, device = self.model, self.recent.device
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=device).reshape(-1)
+        if tokens.numel() != self.batch_size:
+            raise ValueError(f"push takes one id per row ({self.batch_size}), got {tokens.numel()}")
+        check_ids(tokens, model.config.vocab_size)
+        top = max(self.lengths)
+        if top >= self.max_len:
+            raise ValueError(f"a sequence would exceed the configured maximum sequence length {self.max_len}")
+        positions = torch.tensor(self.lengths, device=device)  # [B] positions of the new ids
+        self.lengths = [n + 1 for n in self.lengths]
+        self.open_lens = [n + 1 for n in self.open_lens]
+        open_len = torch.tensor(self.open_lens, device=device)
+        x = tokens.unsqueeze(1)  # [B, 1]
+
+        entropy = self._entropy(x, positions, top)  # [B, 1]
+        self.tail_ids = torch.cat([self.tail_ids[:, 1:], x], dim=1)
+        self.tail_entropies = torch.cat([self.tail_entropies[:, 1:], entropy], dim=1)
+        closes = self._next_starts(positions, open_len)  # [B] the new byte ends its patch
+
+        self.recent = torch.cat([self.recent[:, 1:], x], dim=1)
+        h = self.encoder(model.encoder.embed(self.recent)[:, -1:], positions, top)  # [B, 1, D]
+        if max(self.open_lens) > self.open_h.shape[1]:
+            self.open_h = F.pad(self.open_h, (0, 0, 0, self.open_h.shape[1]))
+        self.open_h[self.encoder.rows, open_len - 1] = h[:, 0]
+        closed = closes.tolist()
+        if any(closed):
+            self._close(closes, closed, open_len)
+        self.logits = self._decode(h, positions, top)
         return self.logits
+
+    def _entropy(self, x: torch.Tensor, positions: torch.Tensor, top: int) -> torch.Tensor:
+        """Entropy model step: next-byte entropy after ids x [B, 1] -> [B, 1] (zeros without a model)."""
+        lm = self.model.patcher
+        if lm is None:
+            return self.tail_entropies.new_zeros(x.shape)
+        h = self.entropy(lm.embed_tokens(x), positions, top)
+        return entropy_from_logits(lm.lm_head(lm.norm(h)).float())
+
+    def _next_starts(self, positions: torch.Tensor, open_len: torch.Tensor) -> torch.Tensor:
+        """Whether position t + 1 starts a patch [B], by the scheme functions run on the two-column tail."""
+        patching = self.model.config.patching
+        # a placeholder column stands for position t + 1, which no rule reads; column 0 is position t - 1
+        ids, entropies = F.pad(self.tail_ids, (0, 1)), F.pad(self.tail_entropies, (0, 1))
+        starts = patch_starts(ids, patching, entropies, offset=(positions - 1).unsqueeze(1))[:, 2:]
+        if patching.max_patch_length is not None:
+            starts = split_long_patches(starts, patching.max_patch_length, carried=open_len)
+        return starts[:, 0]
+
+    def _close(self, closes: torch.Tensor, closed: list[bool], open_len: torch.Tensor) -> None:
+        """Pool the open patches into patches and take one global step for every row (kept where closed)."""
+        model = self.model
+        check_patches(model, max(p + c for p, c in zip(self.patches, closed)))
+        L = max(self.open_lens)
+        inside = torch.arange(L, device=open_len.device) < open_len.unsqueeze(1)  # [B, L]
+        patch = model.encoder.patches(self.open_h[:, :L], torch.where(inside, 0, -1), 1)  # [B, 1, D * k]
+        projection = model.global_transformer.token_embedding_projection
+        x = patch if projection is None else projection(patch)
+        latent = self.global_(x, torch.tensor(self.patches, device=x.device), max(self.patches))
+        self._cross(model.decoder.patch_rows(latent), closes)
+        self.patches = [p + c for p, c in zip(self.patches, closed)]
+        self.open_lens = [0 if c else n for n, c in zip(self.open_lens, closed)]
+
+    def _decode(self, h: torch.Tensor, positions: torch.Tensor, top: int) -> torch.Tensor:
+        """Local decoder step on byte states h [B, 1, D] -> logits [B, vocab] (float32)."""
+        decoder = self.model.decoder
+        step = self.decoder.prepare(positions, top)
+        for i in range(len(decoder.transformer.layers)):
+            if i < len(decoder.cross_attn_layers):
+                # quirk of the released models: the attention's own residual plus this one
+                h = h + self._cross_attend(i, h)
+            h = self.decoder.layer(i, h, step)
+        return decoder.lm_head(decoder.norm(h)).float()[:, 0]
+
+    def _cross_attend(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """Decoder cross-attention layer i: each byte attends to the k rows of its row's latest patch."""
+        layer, B = self.model.decoder.cross_attn_layers[i], h.shape[0]
+        q = layer.q_proj(layer.q_norm(h)).view(B, 1, layer.n_heads, -1).transpose(1, 2)  # [B, H, 1, Dh]
+        y = F.scaled_dot_product_attention(
+            q, self.cross_k[i], self.cross_v[i], enable_gqa=layer.n_heads != layer.n_kv
+        )
+        return h + layer.o_proj(y.reshape(B, 1, -1))
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only rows ``rows`` (in this order); finished sequences leave the batch."""
+        index = torch.tensor(rows, device=self.recent.device)
+        for stack in (self.entropy, self.encoder, self.decoder, self.global_):
+            if stack is not None:
+                stack.select(index)
+        self.logits, self.recent, self.open_h = self.logits[index], self.recent[index], self.open_h[index]
+        self.tail_ids, self.tail_entropies = self.tail_ids[index], self.tail_entropies[index]
+        self.cross_k, self.cross_v = [k[index] for k in self.cross_k], [v[index] for v in self.cross_v]
+        self.lengths = [self.lengths[r] for r in rows]
+        self.patches = [self.patches[r] for r in rows]
+        self.open_lens = [self.open_lens[r] for r in rows]
 
 
 class Recompute:
-    """Reference decoding: the whole forward again for every new byte."""
+    """Reference decoding: the whole forward again for every new byte, row by row."""
 
-    def __init__(self, model, ids: torch.Tensor):
-        self.model, self.ids = model, ids.unsqueeze(0)
-        self.logits = model(self.ids).logits[0, -1]
+    @torch.inference_mode()
+    def __init__(self, model, prompts):
+        prompts = [prompts] if isinstance(prompts, torch.Tensor) else list(prompts)
+        self.model, self.ids = model, [p.unsqueeze(0) for p in prompts]
+        self.logits = torch.stack([model(ids).logits[0, -1] for ids in self.ids])  # [B, vocab]
 
-    def push(self, token: int) -> torch.Tensor:
-        self.ids = torch.cat([self.ids, self.ids.new_tensor([[token]])], dim=1)
-        self.logits = self.model(self.ids).logits[0, -1]
+    @torch.inference_mode()
+    def push(self, tokens) -> torch.Tensor:
+        tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1, 1)
+        self.ids = [torch.cat([ids, t.to(ids.device)[None]], dim=1) for ids, t in zip(self.ids, tokens)]
+        self.logits = torch.stack([self.model(ids).logits[0, -1] for ids in self.ids])
         return self.logits
+
+    def select(self, rows: list[int]) -> None:
+        self.ids = [self.ids[r] for r in rows]
+        self.logits = self.logits[torch.tensor(rows, device=self.logits.device)]
 
 
 def sample(
@@ -153,7 +401,7 @@ def _prompt_rows(prompt) -> tuple[list[torch.Tensor], str]:
     )
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     model,
     prompt,
@@ -185,7 +433,6 @@ def generate(
     stop_ids = {EOS_ID} | {b + OFFSET for b in (stop or b"")}
     limit = min(model.config.encoder.max_seq_len, model.config.decoder.max_seq_len)
     device = next(model.parameters()).device
-    outputs = []
     for i, row in enumerate(rows):
         if row.numel() == 0:
             raise ValueError(f"prompt {i} is empty; it needs at least one id (str/bytes prompts get BOS)")
@@ -197,17 +444,28 @@ def generate(
                 f"prompt {i} ({row.numel()} ids) plus {max_new_bytes} new bytes exceeds the configured maximum "
                 f"sequence length {limit}"
             )
-        generator = torch.Generator(device=device).manual_seed(seed + i) if seed is not None else None
-        new: list[int] = []
-        if max_new_bytes:
-            state = (IncrementalDecoder if use_cache else Recompute)(model, row.long().to(device))
-            while True:
-                token = sample(state.logits, temperature, top_k, top_p, generator)
-                new.append(token)
-                if token in stop_ids or len(new) == max_new_bytes:
-                    break
-                state.push(token)
-        outputs.append(new)
+    outputs: list[list[int]] = [[] for _ in rows]
+    if max_new_bytes:
+        generators = [
+            torch.Generator(device=device).manual_seed(seed + i) if seed is not None else None
+            for i in range(len(rows))
+        ]
+        state = (IncrementalDecoder if use_cache else Recompute)(model, [r.long().to(device) for r in rows])
+        active = list(range(len(rows)))  # prompt index of each row of ``state``
+        while True:
+            if temperature == 0:
+                tokens = state.logits.argmax(-1).tolist()
+            else:
+                tokens = [sample(state.logits[j], temperature, top_k, top_p, generators[i]) for j, i in enumerate(active)]
+            for i, token in zip(active, tokens):
+                outputs[i].append(token)
+            going = [j for j, i in enumerate(active) if tokens[j] not in stop_ids and len(outputs[i]) < max_new_bytes]
+            if not going:
+                break
+            if len(going) < len(active):
+                state.select(going)
+                active, tokens = [active[j] for j in going], [tokens[j] for j in going]
+            state.push(tokens)
     if kind == "bytes":
         return decode(outputs[0])
     if kind == "list":

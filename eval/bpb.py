@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
+from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
+from blt.patcher import patch_lengths
+from blt.patcher.schemes import ENTROPY_SCHEMES
 
 from blt.config import PatchingConfig
 from blt.tokenizer import PAD_ID, encode
@@ -42,7 +45,7 @@ class ByteLMScorer:
 
     def __init__(self, model: torch.nn.Module, context: int | None = None):
         self.model = model
-        self.context = context or model.config.max_seq_len
+        self.context = model.config.max_seq_len if context is None else context
 
     def encode(self, document: bytes) -> list[int]:
         return encode(document, add_bos=True)
@@ -52,8 +55,6 @@ class ByteLMScorer:
         return self.model(ids), None
 
     def flops_per_byte(self, bytes_per_unit: float) -> dict[str, float]:
-        from blt.eval.flops import entropy_flops_per_byte
-
         return _flops_dict(entropy_flops_per_byte(self.model.config, self.context))
 
 
@@ -67,9 +68,8 @@ class BLTScorer:
     ):
         self.model = model
         c = model.config
-        self.context = context or min(
-            c.encoder.max_seq_len, c.decoder.max_seq_len, c.global_transformer.max_seq_len
-        )
+        limit = min(c.encoder.max_seq_len, c.decoder.max_seq_len, c.global_transformer.max_seq_len)
+        self.context = limit if context is None else context
         self.patching = patching  # None: the model's own patching
 
     def encode(self, document: bytes) -> list[int]:
@@ -78,9 +78,6 @@ class BLTScorer:
     def patch_lengths(self, ids: torch.Tensor) -> torch.Tensor | None:
         if self.patching is None:
             return None
-        from blt.patcher import patch_lengths
-        from blt.patcher.schemes import ENTROPY_SCHEMES
-
         entropies = None
         if self.patching.scheme in ENTROPY_SCHEMES:
             if getattr(self.model, "patcher", None) is None:
@@ -95,10 +92,6 @@ class BLTScorer:
         return out.logits, patch_starts(out.patch_lengths, ids.shape[1])
 
     def flops_per_byte(self, bytes_per_unit: float) -> dict[str, float]:
-        from dataclasses import replace
-
-        from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte
-
         config = self.model.config
         if self.patching is not None:
             config = replace(config, patching=self.patching)
@@ -116,7 +109,7 @@ class BaselineScorer:
 
     def __init__(self, model: torch.nn.Module, context: int | None = None):
         self.model = model
-        self.context = context or model.config.max_seq_len
+        self.context = model.config.max_seq_len if context is None else context
 
     def encode(self, document: bytes) -> list[int]:
         return self.model.encode(document, add_bos=True)
@@ -125,8 +118,6 @@ class BaselineScorer:
         return self.model(ids), None
 
     def flops_per_byte(self, bytes_per_unit: float) -> dict[str, float]:
-        from blt.eval.flops import tokenized_flops_per_byte
-
         config = self.model.config
         context_bytes = self.context * bytes_per_unit
         return _flops_dict(tokenized_flops_per_byte(config, config.vocab_size, context_bytes, bytes_per_unit))
@@ -142,8 +133,6 @@ def _flops_dict(flops) -> dict[str, float]:
 
 def scorer_for(loaded, context: int | None = None, patching: PatchingConfig | None = None):
     """The scorer for a :class:`blt.eval.loading.LoadedModel`; ``patching`` overrides a BLT's patching."""
-    if context is not None and context < 2:
-        raise ValueError(f"context must be at least 2 ids, got {context}")
     if loaded.kind in ("blt", "hf-blt"):
         return BLTScorer(loaded.model, context, patching)
     if patching is not None:
@@ -171,6 +160,8 @@ def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
     A window feeds x[start:end] (at most ``context`` ids) and scores targets first..end-1, predicted by
     the logits at positions first-1..end-2; the logit at end-1 is not used (the next window scores it).
     """
+    if context < 2:
+        raise ValueError(f"context must be at least 2 ids, got {context}")
     if not 1 <= stride < context:
         raise ValueError(f"stride must be in [1, context - 1] = [1, {context - 1}], got {stride}")
     out, first = [], 1

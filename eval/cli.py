@@ -28,7 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blt-eval", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    bpb = sub.add_parser("bpb", help="bits per byte of a checkpoint on a corpus", allow_abbrev=False)
+    epilog = (
+        "--data.KEY VALUE sets any data config field (e.g. --data.val_fraction 0.05); --patching.KEY VALUE "
+        "overrides a BLT's patching (e.g. --patching.scheme static --patching.patch_size 6). Every byte of "
+        "every document is scored once given BOS and the bytes before it; EOS is not scored."
+    )
+    bpb = sub.add_parser(
+        "bpb", help="bits per byte of a checkpoint on a corpus", epilog=epilog, allow_abbrev=False
+    )
     bpb.add_argument(
         "--checkpoint", required=True, help="checkpoint directory (ours, a transformers BLT, or a run)"
     )

@@ -32,10 +32,8 @@ def _segment_softmax_pool(s: torch.Tensor, v: torch.Tensor, seg: torch.Tensor, n
     e = torch.exp(s - m.gather(2, seg))  # the max shift only steadies exp: no gradient through it
     z = s.new_zeros(B, H, n_seg + 1).scatter_add(2, seg, e)
     w = e / z.gather(2, seg)
-    out = v.new_zeros(B, H, n_seg + 1, Dh).scatter_add(
-        2, seg.unsqueeze(-1).expand(B, H, T, Dh), w.unsqueeze(-1) * v
-    )
-    return out[:, :, :n_seg]
+    index = seg.unsqueeze(-1).expand(B, H, T, Dh)
+    return v.new_zeros(B, H, n_seg + 1, Dh).scatter_add(2, index, w.unsqueeze(-1) * v)[:, :, :n_seg]
 
 
 def _patch_query_torch(q, k, v, patch_ids, k_rep):
@@ -45,11 +43,10 @@ def _patch_query_torch(q, k, v, patch_ids, k_rep):
     seg = torch.where(valid, patch_ids.long(), P)[:, None, :].expand(B, H, T)  # [B, H, T], P = no patch
     qf, kf, vf = q.float(), k.float() / math.sqrt(Dh), v.float()
     qp = torch.cat([qf.view(B, H, P, k_rep, Dh), qf.new_zeros(B, H, 1, k_rep, Dh)], dim=2)  # scratch patch
+    index = seg.unsqueeze(-1).expand(B, H, T, Dh)
     outs = []
     for j in range(k_rep):  # one query slot at a time keeps every intermediate at [B, H, T, Dh]
-        qt = qp[:, :, :, j].gather(
-            2, seg.unsqueeze(-1).expand(B, H, T, Dh)
-        )  # [B, H, T, Dh] query seeing byte t
+        qt = qp[:, :, :, j].gather(2, index)  # [B, H, T, Dh]: the query that sees byte t
         s = (qt * kf).sum(-1)  # [B, H, T]
         outs.append(_segment_softmax_pool(s, vf, seg, P))
     return torch.stack(outs, dim=3).reshape(B, H, PK, Dh).to(q.dtype)
@@ -65,6 +62,17 @@ def _byte_query_torch(q, k, v, patch_ids, k_rep):
     s = torch.einsum("bhtd,bhtjd->bhtj", q.float(), kt) / math.sqrt(Dh)  # [B, H, T, k_rep]
     out = torch.einsum("bhtj,bhtjd->bhtd", torch.softmax(s, dim=-1), vt)
     return (out * valid[:, None, :, None]).to(q.dtype)
+
+
+MAX_TRITON_ROWS = 4096  # k_rep * head_dim (both rounded up to powers of two) one Triton program holds
+
+
+def _too_big(k_rep: int, head_dim: int) -> str | None:
+    """Why the Triton kernels cannot take this shape (None if they can)."""
+    size = (1 << max(0, k_rep - 1).bit_length()) * (1 << max(0, head_dim - 1).bit_length())
+    if size > MAX_TRITON_ROWS:
+        return f"k_rep={k_rep} x head_dim={head_dim} exceeds the Triton kernel's {MAX_TRITON_ROWS} elements"
+    return None
 
 
 def _check(q, k, v, patch_ids, k_rep, patches_query: bool) -> None:
@@ -100,7 +108,7 @@ def patch_query_attention(
 
     q [B, H, P*k_rep, Dh]; k, v [B, H, T, Dh]; patch_ids [B, T] -> [B, H, P*k_rep, Dh].
     """
-    path = choose("patch_query_attention", q, impl)
+    path = choose("patch_query_attention", q, impl, _too_big(k_rep, q.shape[-1]))
     if path == "reference":
         return patch_ops.patch_query_attention(q, k, v, patch_ids, k_rep)
     _check(q, k, v, patch_ids, k_rep, patches_query=True)
@@ -125,7 +133,7 @@ def byte_query_attention(
 
     q [B, H, T, Dh]; k, v [B, H, P*k_rep, Dh]; patch_ids [B, T] -> [B, H, T, Dh].
     """
-    path = choose("byte_query_attention", q, impl)
+    path = choose("byte_query_attention", q, impl, _too_big(k_rep, q.shape[-1]))
     if path == "reference":
         return patch_ops.byte_query_attention(q, k, v, patch_ids, k_rep)
     _check(q, k, v, patch_ids, k_rep, patches_query=False)

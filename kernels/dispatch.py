@@ -50,12 +50,18 @@ def warn_once(op: str, reason: str) -> None:
     if (op, reason) not in _warned:
         _warned.add((op, reason))
         warnings.warn(
-            f"blt.kernels.{op}: {reason}; using the PyTorch path instead", RuntimeWarning, stacklevel=3
+            f"blt.kernels.{op}: {reason}; using the PyTorch path instead",
+            RuntimeWarning,
+            stacklevel=4,  # the caller of the public op
         )
 
 
-def choose(op: str, x: torch.Tensor, impl: str | None = None) -> str:
-    """``"triton"``, ``"torch"`` or ``"reference"`` for operation ``op`` on floating tensor ``x``."""
+def choose(op: str, x: torch.Tensor, impl: str | None = None, unsupported: str | None = None) -> str:
+    """``"triton"``, ``"torch"`` or ``"reference"`` for operation ``op`` on floating tensor ``x``.
+
+    ``unsupported`` names a shape the Triton kernel cannot take (None: it can); like an unsupported dtype,
+    it sends the call to the PyTorch path with a one-time warning.
+    """
     mode = kernel_mode(impl)
     if mode == "auto":
         mode = "triton" if x.is_cuda else "torch"
@@ -71,5 +77,8 @@ def choose(op: str, x: torch.Tensor, impl: str | None = None) -> str:
         return "torch"
     if x.dtype not in TRITON_DTYPES:
         warn_once(op, f"no Triton kernel for dtype {x.dtype}")
+        return "torch"
+    if unsupported is not None:
+        warn_once(op, unsupported)
         return "torch"
     return "triton"

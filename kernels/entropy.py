@@ -59,6 +59,15 @@ class _Entropy(torch.autograd.Function):
         return torch.cat(parts).view(logits.shape)
 
 
+MAX_TRITON_VOCAB = 16384  # one row of logits must fit one Triton program
+
+
+def _too_big(logits: torch.Tensor) -> str | None:
+    if logits.shape[-1] > MAX_TRITON_VOCAB:
+        return f"a vocabulary of {logits.shape[-1]} exceeds the Triton kernel's {MAX_TRITON_VOCAB}"
+    return None
+
+
 def _check(logits: torch.Tensor) -> None:
     if not logits.is_floating_point() or logits.dim() < 1 or logits.shape[-1] == 0:
         raise ValueError(
@@ -69,12 +78,12 @@ def _check(logits: torch.Tensor) -> None:
 def entropy_from_logits(logits: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:
     """Softmax entropy in nats: logits [..., V] -> float32 [...]. Same semantics as
     :func:`blt.patcher.entropy_from_logits`; differentiable."""
-    path = choose("entropy_from_logits", logits, impl)
+    _check(logits)
+    path = choose("entropy_from_logits", logits, impl, _too_big(logits))
     if path == "reference":
         from blt.patcher import entropy_from_logits as reference
 
         return reference(logits)
-    _check(logits)
     if path == "triton":
         from blt.kernels.entropy_triton import triton_entropy
 
@@ -94,12 +103,12 @@ def entropy_patch_starts(
 
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
-    path = choose("entropy_patch_starts", logits, impl)
+    _check(logits)
+    path = choose("entropy_patch_starts", logits, impl, _too_big(logits))
     if path != "triton":
         h = entropy_from_logits(logits, impl=path)
         return h, entropy_starts(h, threshold)
     check_threshold(threshold, "threshold", allow_negative=False)
-    _check(logits)
     from blt.kernels.entropy_triton import triton_entropy
 
     h, above = triton_entropy(logits, float(threshold))

@@ -58,7 +58,8 @@ def _entropy_bwd(x_ptr, grad_ptr, dx_ptr, N, V, BLOCK_R: tl.constexpr, BLOCK_V: 
 
 
 def _meta(V: int) -> dict[str, int]:
-    return {"BLOCK_R": 16, "BLOCK_V": triton.next_power_of_2(V)}
+    block_v = triton.next_power_of_2(V)
+    return {"BLOCK_R": max(1, min(16, 8192 // block_v)), "BLOCK_V": block_v}  # about 8K logits per program
 
 
 class _TritonEntropy(torch.autograd.Function):

@@ -33,10 +33,9 @@ def table_rows(
         prime = HASH_PRIMES[f % len(HASH_PRIMES)]
         h = torch.zeros_like(ids)
         for n in range(1, max(sizes, default=0) + 1):
-            shift = min(n - 1, ids.shape[1])  # ids[t - n + 1], id 0 before the start
-            h = (
-                F.pad(ids[:, : ids.shape[1] - shift], (shift, 0)) + prime * h
-            )  # int64 wraps like the reference
+            shift = min(n - 1, ids.shape[1])
+            older = F.pad(ids[:, : ids.shape[1] - shift], (shift, 0))  # ids[t - n + 1], id 0 before the start
+            h = older + prime * h  # int64 wraps exactly like the reference's products
             for i, size in enumerate(sizes):
                 if size == n:
                     yield torch.remainder(h, hash_vocab) + (f * len(sizes) + i) * hash_vocab

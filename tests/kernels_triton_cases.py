@@ -87,9 +87,9 @@ def model_logits_and_grads(model: BLT, ids, lengths):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("sizes,n_functions", [([3, 4, 5], 1), ([4, 1, 4, 7], 2)])
-def test_hash_embedding(sizes, n_functions):
-    B, T, D, V = 3, 21, 24, 53  # 63 bytes: two byte blocks, D not a power of two
+@pytest.mark.parametrize("sizes,n_functions,T", [([3, 4, 5], 1, 21), ([4, 1, 4, 7], 2, 21), ([6, 8], 1, 3)])
+def test_hash_embedding(sizes, n_functions, T):
+    B, D, V = 3, 24, 53  # 63 bytes: two byte blocks; D not a power of two; T=3: n-grams longer than rows
     ids = torch.randint(0, 260, (B, T), generator=torch.Generator().manual_seed(1))
     ids[0, :3] = 0
     bw = leaf(260, D, seed=2)
@@ -191,3 +191,16 @@ def test_blt_forward_and_backward_unchanged_with_triton(monkeypatch):
     assert len(grads_) == len(ref_grads)
     for g, r in zip(grads_, ref_grads):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+
+
+@needs_interpreter
+def test_shapes_too_big_for_triton_fall_back_with_a_warning():
+    patch_ids, P = patch_ids_case(6, 1, 10, 3)
+    q, k = torch.randn(1, 1, 10, 128), torch.randn(1, 1, P * 64, 128)  # 64 rows x 128 dims per patch
+    with pytest.warns(RuntimeWarning, match="k_rep=64 x head_dim=128 exceeds"):
+        out = kernels.byte_query_attention(q, k, k, patch_ids, 64, impl="triton")
+    assert_same(out, patch_ops.byte_query_attention(q, k, k, patch_ids, 64))
+    logits = torch.randn(1, 2, 20000)
+    with pytest.warns(RuntimeWarning, match="vocabulary of 20000 exceeds"):
+        h = kernels.entropy_from_logits(logits, impl="triton")
+    assert_same(h, entropy_from_logits(logits))

@@ -98,3 +98,24 @@ def test_bpb_bad_input(entropy_dir, tmp_path, text_corpus, capsys):
 def main_error(capsys, argv):
     assert main(argv) == 2
     return capsys.readouterr().err
+
+
+def test_compare_reevaluates_models_on_a_corpus(entropy_dir, tmp_path, text_corpus, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    entropy_dir.rename(run / "model")
+    summary = {
+        "kind": "entropy",
+        "params": 1,
+        "training_flops": 1e9,
+        "val_bpb": 9.9,
+        "inference_flops_per_byte": 1.0,
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    data = ["--data", str(text_corpus), "--data.val_fraction", "0.3", "--max-documents", "4"]
+    expected = run_json(capsys, ["bpb", "--checkpoint", str(run), *data, "--json"])
+    assert main(["compare", str(run), "--out", str(tmp_path / "out"), *data]) == 0
+    (row,) = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert row["bpb"] == pytest.approx(expected["bits_per_byte"]) and row["bpb"] != 9.9
+    assert row["stderr"] == pytest.approx(expected["stderr"])
+    assert row["inference_flops_per_byte"] == pytest.approx(expected["flops"]["inference_flops_per_byte"])

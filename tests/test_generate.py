@@ -20,10 +20,46 @@ def test_incremental_logits_equal_forward(model):
     full = model(ids.unsqueeze(0)).logits[0]
     for prompt_len in (1, 2, 9):
         state = IncrementalDecoder(model, ids[:prompt_len])
-        torch.testing.assert_close(state.logits, full[prompt_len - 1], atol=1e-4, rtol=0)
+        torch.testing.assert_close(state.logits[0], full[prompt_len - 1], atol=1e-4, rtol=0)
         for t in range(prompt_len, 60):
-            torch.testing.assert_close(state.push(int(ids[t])), full[t], atol=1e-4, rtol=0)
-    assert state.patches < 60  # the global transformer ran once per patch, not per byte
+            torch.testing.assert_close(state.push([int(ids[t])])[0], full[t], atol=1e-4, rtol=0)
+    assert state.patches[0] < 60  # the global transformer ran once per patch, not per byte
+
+
+@pytest.mark.parametrize(
+    "patching",
+    [{}, {"max_patch_length": 3}, {"scheme": "static", "patch_size": 3}, {"scheme": "space"}],
+    ids=["entropy", "entropy-max3", "static", "space"],
+)
+def test_batched_steps_equal_forward(patching):
+    """Rows of different lengths advance together, close patches at different steps and leave the batch."""
+    model = tiny_blt(seed=4, **patching)
+    ids = random_ids(3, 50, seed=6)
+    full = model(ids).logits  # [3, 50, vocab]
+    lens = [1, 7, 20]
+    state = IncrementalDecoder(model, [ids[b, :n] for b, n in enumerate(lens)])
+    rows = [0, 1, 2]
+    for step in range(30):
+        if step == 12:  # row 1 finishes: the others go on without it
+            state.select([0, 2])
+            rows = [0, 2]
+        for j, b in enumerate(rows):
+            t = lens[b] + step - 1
+            torch.testing.assert_close(state.logits[j], full[b, t], atol=1e-4, rtol=0)
+        state.push([int(ids[b, lens[b] + step]) for b in rows])
+    for j, b in enumerate(rows):  # one global cache entry per closed patch of the bytes fed so far
+        lengths, next_starts = model.compute_patches(ids[b : b + 1, : state.lengths[j]])
+        assert state.patches[j] == int(lengths.gt(0).sum()) - 1 + int(next_starts[0]) < state.lengths[j]
+
+
+def test_push_checks_its_input(model):
+    state = IncrementalDecoder(model, [torch.tensor([1, 80]), torch.tensor([1])])
+    with pytest.raises(ValueError, match="one id per row"):
+        state.push([70])
+    with pytest.raises(ValueError, match="outside the byte vocabulary"):
+        state.push([70, 400])
+    with pytest.raises(ValueError, match="non-empty"):
+        IncrementalDecoder(model, [torch.tensor([], dtype=torch.long)])
 
 
 def test_greedy_cached_equals_recompute(model):

@@ -5,6 +5,8 @@ The Triton kernels are checked by tests/test_kernels_triton.py (a subprocess und
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from blt.kernels import entropy as entropy_module
@@ -14,9 +16,12 @@ from blt.patcher.schemes import entropy_starts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernels_triton_cases import assert_same, grads, leaf, model_logits_and_grads, patch_ids_case, tiny_blt
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from blt import kernels, patch_ops
-from blt.config import ConfigError
+from blt.config import ConfigError, EntropyModelConfig
+from blt.model import BLT
 
 SETTINGS = settings(max_examples=30, deadline=None)
 
@@ -215,9 +220,17 @@ def test_bad_mode_and_triton_on_the_cpu(monkeypatch):
 # the whole model: kernels switched on give the plain model's logits and gradients
 
 
-@pytest.mark.parametrize("cross_all", [False, True])
-def test_blt_forward_unchanged_with_kernels(monkeypatch, cross_all):
+@pytest.mark.parametrize("cross_all,entropy_patching", [(False, False), (True, False), (False, True)])
+def test_blt_forward_unchanged_with_kernels(monkeypatch, cross_all, entropy_patching):
     model, ids, lengths = tiny_blt(cross_all)
+    if entropy_patching:  # the bundled entropy model patches inside forward
+        config = dataclasses.replace(
+            model.config,
+            entropy_model=EntropyModelConfig(dim=32, n_layers=1, n_heads=2, window=16, max_seq_len=64),
+        )
+        model, lengths = BLT(config), None
+        config.patching.threshold = float(model.patcher.entropies(ids).median())
+        assert model(ids).patch_lengths.shape[1] < ids.shape[1] - 5  # real patches, not one byte each
     monkeypatch.setenv("BLT_KERNELS", "reference")
     ref_logits, ref_grads = model_logits_and_grads(model, ids, lengths)
     monkeypatch.setenv("BLT_KERNELS", "torch")
@@ -226,3 +239,50 @@ def test_blt_forward_unchanged_with_kernels(monkeypatch, cross_all):
     assert len(grads_) == len(ref_grads)
     for g, r in zip(grads_, ref_grads):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# cost: no tensor anywhere in forward or backward grows like patches x bytes
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any operation allocates while active (views of inputs do not count)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+        }
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("op", ["patch_query_attention", "byte_query_attention", "patch_pool"])
+def test_no_dense_patches_by_bytes_tensor(op):
+    T, H, Dh, k_rep = 2048, 1, 4, 2
+    patch_ids, P = patch_ids_case(0, 1, T, 8)  # ~450 patches: a dense mask would hold ~1.8M entries
+    byte_states, patch_rows = leaf(1, H, T, Dh, seed=1), leaf(1, H, P * k_rep, Dh, seed=2)
+    with LargestTensor() as largest:
+        if op == "patch_query_attention":
+            out = kernels.patch_query_attention(patch_rows, byte_states, byte_states, patch_ids, k_rep)
+        elif op == "byte_query_attention":
+            out = kernels.byte_query_attention(byte_states, patch_rows, patch_rows, patch_ids, k_rep)
+        else:
+            out = kernels.patch_pool(byte_states[0], patch_ids, P, "max")
+        out.square().sum().backward()
+    assert P * T > 100 * T
+    assert largest.numel <= 2 * k_rep * H * T * Dh  # linear in T (the dense mask alone: P * k_rep * T)
+
+
+def test_entropy_temporaries_are_bounded_by_the_chunk(monkeypatch):
+    monkeypatch.setattr(entropy_module, "CHUNK_ELEMENTS", 260 * 64)
+    logits = torch.randn(4, 512, 260)
+    with LargestTensor() as largest:
+        kernels.entropy_from_logits(logits)
+    assert largest.numel <= 260 * 64  # the whole input holds 2048 rows of 260
