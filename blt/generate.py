@@ -25,14 +25,56 @@ import torch
 import torch.nn.functional as F
 
 from blt import patch_ops
-from blt.layers import KVCache, Transformer, apply_rope
+from blt.layers import KVCache, RMSNorm, Transformer, apply_rope
 from blt.model import decoder_patch_ids
 from blt.patcher import StreamingPatcher, lengths_from_starts
 from blt.patcher.entropy_model import entropy_from_logits
+from blt.patch_ops import HASH_PRIMES, _wrap_int64
 from blt.patcher.schemes import patch_starts, split_long_patches
 from blt.tokenizer import EOS_ID, OFFSET, check_ids, decode, encode
 
 EMPTY = 1 << 62  # position of a KV slot that holds nothing: no query ever sees it
+
+
+def rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` in one fused op when everything is float32 (the module's float32 maths, fewer ops)."""
+    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.eps)
+    return norm(x)
+
+
+class HashStep:
+    """Byte + hash n-gram embedding of the newest id of each row, from its last ``reach`` ids.
+
+    :meth:`LocalEncoder.embed` on a window would hash every position of it; here only the newest, as one
+    product with precomputed coefficients: the hash of the n-gram ending at t is ``sum_j ids[t-n+1+j] * p**j``
+    in wrapping int64 arithmetic (see :func:`blt.patch_ops.hash_ngram_indices`), so column c of the window
+    (position t - reach + 1 + c) has coefficient ``p**(c - reach + n)`` in table (p, n), or 0.
+    """
+
+    def __init__(self, encoder):
+        c, self.encoder = encoder.config, encoder
+        self.reach = max(c.hash_ngram_sizes, default=1)
+        columns = [
+            [_wrap_int64(prime ** (col - self.reach + n)) if col >= self.reach - n else 0 for col in range(self.reach)]
+            for prime in (HASH_PRIMES[f % len(HASH_PRIMES)] for f in range(c.hash_functions))
+            for n in c.hash_ngram_sizes
+        ]
+        device = encoder.embed_tokens.weight.device
+        self.coefficients = torch.tensor(columns, dtype=torch.long, device=device).reshape(-1, self.reach).T
+        self.offsets = torch.arange(len(columns), device=device) * c.hash_vocab  # first row of each table
+
+    def __call__(self, recent: torch.Tensor) -> torch.Tensor:
+        """recent [B, reach] ids (left-padded with 0) -> embeddings [B, 1, D] of the last column."""
+        encoder = self.encoder
+        x = encoder.embed_tokens(recent[:, -1:])  # [B, 1, D]
+        if encoder.hash_embeddings is None:
+            return x
+        hashes = (recent.unsqueeze(-1) * self.coefficients).sum(1)  # [B, n_tables]
+        rows = encoder.hash_embeddings(torch.remainder(hashes, encoder.config.hash_vocab) + self.offsets)
+        for i in range(rows.shape[1]):  # table by table, in the order LocalEncoder.embed adds them
+            x = x + rows[:, i : i + 1]
+        return x
 
 
 class StackStep:
@@ -62,6 +104,7 @@ class StackStep:
         self.v = [ref.new_zeros(shape) for _ in stack.layers]
         self.pos = torch.full((B, self.size), EMPTY, dtype=torch.long, device=ref.device)
         self.rows = torch.arange(B, device=ref.device)
+        self.cos, self.sin = stack.rotary(torch.arange(max_len, device=ref.device))  # [max_len, Dh/2]
         for b, cache in enumerate(caches):
             if not len(cache[0]):
                 continue
@@ -94,8 +137,9 @@ class StackStep:
         seen = self.pos <= q
         if self.window is not None:
             seen &= self.pos > q - self.window
-        cos, sin = self.stack.rotary(q)  # [B, 1, Dh/2]
-        return cos, sin, slot, seen[:, None, None, :]  # mask [B, 1, 1, S]
+        # an additive mask: SDPA's CPU kernel is faster with it than with a boolean one
+        mask = torch.zeros_like(seen, dtype=self.k[0].dtype).masked_fill_(~seen, float("-inf"))
+        return self.cos[q], self.sin[q], slot, mask[:, None, None, :]  # cos/sin [B, 1, Dh/2], mask [B, 1, 1, S]
 
     def layer(self, i: int, x: torch.Tensor, step: tuple) -> torch.Tensor:
         """Layer i of the stack on x [B, 1, D] (a pre-norm Block, as Block.forward computes it)."""
@@ -103,7 +147,7 @@ class StackStep:
         layer = self.stack.layers[i]
         attn, mlp = layer.attn, layer.mlp
         B, nq, nk = x.shape[0], attn.n_heads, attn.n_kv
-        h = layer.attn_norm(x)
+        h = rms_norm(layer.attn_norm, x)
         if self.fused:
             qkv = F.linear(h, self.fused[i][0])
         else:
@@ -116,7 +160,7 @@ class StackStep:
             qk[:, :nq], self.k[i], self.v[i], attn_mask=mask, enable_gqa=nq != nk
         )  # [B, H, 1, Dh]
         x = x + attn.o_proj(y.reshape(B, 1, -1))
-        h = layer.mlp_norm(x)
+        h = rms_norm(layer.mlp_norm, x)
         if self.fused:
             gate, up = F.linear(h, self.fused[i][1]).chunk(2, dim=-1)
         else:
@@ -211,8 +255,8 @@ class IncrementalDecoder:
         # the patching rules read the last two ids/entropies; the hash n-grams the last ngram_reach ids
         self.tail_ids = _left_pad([p.patcher.tail_ids[0] for p in pre], 2, torch.long)
         self.tail_entropies = _left_pad([p.patcher.tail_entropies[0] for p in pre], 2, torch.float32)
-        reach = max(config.encoder.hash_ngram_sizes, default=1)
-        self.recent = _left_pad([p.long() for p in prompts], reach, torch.long).to(device)
+        self.hash = HashStep(model.encoder)
+        self.recent = _left_pad([p.long() for p in prompts], self.hash.reach, torch.long).to(device)
         D = pre[0].open_h.shape[-1]
         self.open_h = pre[0].open_h.new_zeros(len(pre), max(16, 2 * max(self.open_lens)), D)  # [B, L, D]
         for b, p in enumerate(pre):
@@ -227,7 +271,7 @@ class IncrementalDecoder:
         """Keys/values of the decoder's cross-attention layers for patch rows [B, k, D] (rows that closed)."""
         new_k, new_v = [], []
         for layer in self.model.decoder.cross_attn_layers:
-            m = layer.k_norm(rows)
+            m = rms_norm(layer.k_norm, rows)
             new_k.append(layer.k_proj(m).view(rows.shape[0], self.k, layer.n_kv, -1).transpose(1, 2))
             new_v.append(layer.v_proj(m).view(rows.shape[0], self.k, layer.n_kv, -1).transpose(1, 2))
         if closed is None:
@@ -260,7 +304,7 @@ class IncrementalDecoder:
         closes = self._next_starts(positions, open_len)  # [B] the new byte ends its patch
 
         self.recent = torch.cat([self.recent[:, 1:], x], dim=1)
-        h = self.encoder(model.encoder.embed(self.recent)[:, -1:], positions, top)  # [B, 1, D]
+        h = self.encoder(self.hash(self.recent), positions, top)  # [B, 1, D]
         if max(self.open_lens) > self.open_h.shape[1]:
             self.open_h = F.pad(self.open_h, (0, 0, 0, self.open_h.shape[1]))
         self.open_h[self.encoder.rows, open_len - 1] = h[:, 0]
@@ -276,7 +320,7 @@ class IncrementalDecoder:
         if lm is None:
             return self.tail_entropies.new_zeros(x.shape)
         h = self.entropy(lm.embed_tokens(x), positions, top)
-        return entropy_from_logits(lm.lm_head(lm.norm(h)).float())
+        return entropy_from_logits(lm.lm_head(rms_norm(lm.norm, h)).float())
 
     def _next_starts(self, positions: torch.Tensor, open_len: torch.Tensor) -> torch.Tensor:
         """Whether position t + 1 starts a patch [B], by the scheme functions run on the two-column tail."""
@@ -311,12 +355,12 @@ class IncrementalDecoder:
                 # quirk of the released models: the attention's own residual plus this one
                 h = h + self._cross_attend(i, h)
             h = self.decoder.layer(i, h, step)
-        return decoder.lm_head(decoder.norm(h)).float()[:, 0]
+        return decoder.lm_head(rms_norm(decoder.norm, h)).float()[:, 0]
 
     def _cross_attend(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Decoder cross-attention layer i: each byte attends to the k rows of its row's latest patch."""
         layer, B = self.model.decoder.cross_attn_layers[i], h.shape[0]
-        q = layer.q_proj(layer.q_norm(h)).view(B, 1, layer.n_heads, -1).transpose(1, 2)  # [B, H, 1, Dh]
+        q = layer.q_proj(rms_norm(layer.q_norm, h)).view(B, 1, layer.n_heads, -1).transpose(1, 2)  # [B, H, 1, Dh]
         y = F.scaled_dot_product_attention(
             q, self.cross_k[i], self.cross_v[i], enable_gqa=layer.n_heads != layer.n_kv
         )
