@@ -27,13 +27,17 @@ import torch.nn.functional as F
 from blt import patch_ops
 from blt.layers import KVCache, RMSNorm, Transformer, apply_rope
 from blt.model import decoder_patch_ids
+from blt.patch_ops import HASH_PRIMES, _wrap_int64
 from blt.patcher import StreamingPatcher, lengths_from_starts
 from blt.patcher.entropy_model import entropy_from_logits
-from blt.patch_ops import HASH_PRIMES, _wrap_int64
 from blt.patcher.schemes import patch_starts, split_long_patches
 from blt.tokenizer import EOS_ID, OFFSET, check_ids, decode, encode
 
 EMPTY = 1 << 62  # position of a KV slot that holds nothing: no query ever sees it
+# Stacks with at most this many q/k/v/gate/up weights get fused copies of them (one matmul instead of three,
+# one instead of two). Small stacks are bound by the number of ops per step, so fusing pays; bigger ones are
+# bound by reading their weights, where fusing gains nothing and would double their memory.
+FUSE_LIMIT = 1 << 24
 
 
 def rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +60,10 @@ class HashStep:
         c, self.encoder = encoder.config, encoder
         self.reach = max(c.hash_ngram_sizes, default=1)
         columns = [
-            [_wrap_int64(prime ** (col - self.reach + n)) if col >= self.reach - n else 0 for col in range(self.reach)]
+            [
+                _wrap_int64(prime ** (col - self.reach + n)) if col >= self.reach - n else 0
+                for col in range(self.reach)
+            ]
             for prime in (HASH_PRIMES[f % len(HASH_PRIMES)] for f in range(c.hash_functions))
             for n in c.hash_ngram_sizes
         ]
@@ -84,13 +91,12 @@ class StackStep:
     p % S) for windowed stacks, else a buffer that doubles when full. Every layer shares the slots' positions
     [B, S], so one mask per step serves all layers. A row that writes a position and then does not advance
     (the global stack for rows that closed no patch) rewrites the same slot at its next step, so the stale
-    entry is never seen. ``fuse`` concatenates the q/k/v and gate/up weights (one matmul each instead of
-    three / two); it copies those weights, so it is meant for the small local stacks.
+    entry is never seen. Small stacks use fused copies of their projections (see ``FUSE_LIMIT``).
     """
 
-    def __init__(self, stack: Transformer, caches: list[list[KVCache]], max_len: int, fuse: bool):
+    def __init__(self, stack: Transformer, caches: list[list[KVCache]], max_len: int):
         self.stack, self.window = stack, stack.config.window
-        self.fused = [self._fuse(layer) for layer in stack.layers] if fuse else None
+        self.fused = [self._fuse(layer) for layer in stack.layers] if _fusable(stack) else None
         tops = [int(c[0].pos.max()) + 1 if len(c[0]) else 0 for c in caches]
         if self.window is not None:
             self.size, self.ring = min(self.window, max_len), True
@@ -104,7 +110,7 @@ class StackStep:
         self.v = [ref.new_zeros(shape) for _ in stack.layers]
         self.pos = torch.full((B, self.size), EMPTY, dtype=torch.long, device=ref.device)
         self.rows = torch.arange(B, device=ref.device)
-        self.cos, self.sin = stack.rotary(torch.arange(max_len, device=ref.device))  # [max_len, Dh/2]
+        self._rope_table(2 * max(tops) + 16)
         for b, cache in enumerate(caches):
             if not len(cache[0]):
                 continue
@@ -116,6 +122,7 @@ class StackStep:
 
     @staticmethod
     def _fuse(layer) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenated q/k/v and gate/up weights of a Block."""
         a, m = layer.attn, layer.mlp
         qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
         return qkv, torch.cat([m.gate_proj.weight, m.up_proj.weight])
@@ -127,10 +134,16 @@ class StackStep:
             x = self.layer(i, x, step)
         return x
 
+    def _rope_table(self, n: int) -> None:
+        """cos/sin [n, Dh/2] of positions 0..n-1, grown by doubling as positions grow."""
+        self.cos, self.sin = self.stack.rotary(torch.arange(n, device=self.rows.device))
+
     def prepare(self, positions: torch.Tensor, top: int) -> tuple:
         """Claim each row's slot for positions [B]; returns what every layer of this step shares."""
         if not self.ring and top >= self.size:
             self._grow(2 * top)
+        if top >= self.cos.shape[0]:
+            self._rope_table(2 * top)
         slot = positions % self.size if self.ring else positions
         self.pos[self.rows, slot] = positions
         q = positions.unsqueeze(1)  # [B, 1]
@@ -139,7 +152,8 @@ class StackStep:
             seen &= self.pos > q - self.window
         # an additive mask: SDPA's CPU kernel is faster with it than with a boolean one
         mask = torch.zeros_like(seen, dtype=self.k[0].dtype).masked_fill_(~seen, float("-inf"))
-        return self.cos[q], self.sin[q], slot, mask[:, None, None, :]  # cos/sin [B, 1, Dh/2], mask [B, 1, 1, S]
+        # cos/sin [B, 1, Dh/2], mask [B, 1, 1, S]
+        return self.cos[q], self.sin[q], slot, mask[:, None, None, :]
 
     def layer(self, i: int, x: torch.Tensor, step: tuple) -> torch.Tensor:
         """Layer i of the stack on x [B, 1, D] (a pre-norm Block, as Block.forward computes it)."""
@@ -177,6 +191,12 @@ class StackStep:
     def select(self, rows: torch.Tensor) -> None:
         self.k, self.v = [k[rows] for k in self.k], [v[rows] for v in self.v]
         self.pos, self.rows = self.pos[rows], self.rows[: len(rows)]
+
+
+def _fusable(stack: Transformer) -> bool:
+    names = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+    weights = [m.weight for name, m in stack.named_modules() if name.rsplit(".", 1)[-1] in names]
+    return sum(w.numel() for w in weights) <= FUSE_LIMIT
 
 
 class _Prefill:
@@ -246,11 +266,11 @@ class IncrementalDecoder:
         self.entropy = None
         if model.patcher is not None:
             caches = [p.patcher.cache for p in pre]
-            self.entropy = StackStep(model.patcher.transformer, caches, self.max_len, fuse=True)
-        self.encoder = StackStep(model.encoder.transformer, [p.encoder_cache for p in pre], self.max_len, True)
-        self.decoder = StackStep(model.decoder.transformer, [p.decoder_cache for p in pre], self.max_len, True)
+            self.entropy = StackStep(model.patcher.transformer, caches, self.max_len)
+        self.encoder = StackStep(model.encoder.transformer, [p.encoder_cache for p in pre], self.max_len)
+        self.decoder = StackStep(model.decoder.transformer, [p.decoder_cache for p in pre], self.max_len)
         g = model.global_transformer.transformer
-        self.global_ = StackStep(g, [p.global_cache for p in pre], g.config.max_seq_len, fuse=False)
+        self.global_ = StackStep(g, [p.global_cache for p in pre], g.config.max_seq_len)
 
         # the patching rules read the last two ids/entropies; the hash n-grams the last ngram_reach ids
         self.tail_ids = _left_pad([p.patcher.tail_ids[0] for p in pre], 2, torch.long)
@@ -336,15 +356,38 @@ class IncrementalDecoder:
         """Pool the open patches into patches and take one global step for every row (kept where closed)."""
         model = self.model
         check_patches(model, max(p + c for p, c in zip(self.patches, closed)))
-        L = max(self.open_lens)
-        inside = torch.arange(L, device=open_len.device) < open_len.unsqueeze(1)  # [B, L]
-        patch = model.encoder.patches(self.open_h[:, :L], torch.where(inside, 0, -1), 1)  # [B, 1, D * k]
+        patch = self._encode_patch(open_len)  # [B, 1, D * k]
         projection = model.global_transformer.token_embedding_projection
         x = patch if projection is None else projection(patch)
         latent = self.global_(x, torch.tensor(self.patches, device=x.device), max(self.patches))
         self._cross(model.decoder.patch_rows(latent), closes)
         self.patches = [p + c for p, c in zip(self.patches, closed)]
         self.open_lens = [0 if c else n for n, c in zip(self.open_lens, closed)]
+
+    def _encode_patch(self, open_len: torch.Tensor) -> torch.Tensor:
+        """:meth:`LocalEncoder.patches` of each row's open patch -> [B, 1, D * k].
+
+        The same maths as the module for one patch per row, in fewer ops: a padded max-pool and one
+        SDPA call with a padding mask over the open bytes.
+        """
+        encoder, k = self.model.encoder, self.k
+        inside = torch.arange(max(self.open_lens), device=open_len.device) < open_len.unsqueeze(1)  # [B, L]
+        h = self.open_h[:, : inside.shape[1]]  # [B, L, D]
+        B, L, D = h.shape
+        pooled = h.masked_fill(~inside.unsqueeze(-1), float("-inf")).amax(dim=1)  # [B, D]
+        queries = encoder.patch_embedding_projection(pooled).view(B, k, D)
+        layer = encoder.cross_attn_layers[-1]
+        q = layer.q_proj(rms_norm(layer.q_norm, queries)).view(B, k, layer.n_heads, -1).transpose(1, 2)
+        m = rms_norm(layer.k_norm, h)
+        keys = layer.k_proj(m).view(B, L, layer.n_kv, -1).transpose(1, 2)  # [B, Hkv, L, Dh]
+        values = layer.v_proj(m).view(B, L, layer.n_kv, -1).transpose(1, 2)
+        mask = torch.zeros_like(inside, dtype=h.dtype).masked_fill_(~inside, float("-inf"))[:, None, None]
+        y = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, enable_gqa=layer.n_heads != layer.n_kv
+        )  # [B, H, k, Dh]
+        # the released models' quirk: the attention's own residual plus this one
+        out = queries + (queries + layer.o_proj(y.transpose(1, 2).reshape(B, k, -1)))
+        return out.reshape(B, 1, D * k)
 
     def _decode(self, h: torch.Tensor, positions: torch.Tensor, top: int) -> torch.Tensor:
         """Local decoder step on byte states h [B, 1, D] -> logits [B, vocab] (float32)."""
@@ -360,7 +403,7 @@ class IncrementalDecoder:
     def _cross_attend(self, i: int, h: torch.Tensor) -> torch.Tensor:
         """Decoder cross-attention layer i: each byte attends to the k rows of its row's latest patch."""
         layer, B = self.model.decoder.cross_attn_layers[i], h.shape[0]
-        q = layer.q_proj(rms_norm(layer.q_norm, h)).view(B, 1, layer.n_heads, -1).transpose(1, 2)  # [B, H, 1, Dh]
+        q = layer.q_proj(rms_norm(layer.q_norm, h)).view(B, 1, layer.n_heads, -1).transpose(1, 2)
         y = F.scaled_dot_product_attention(
             q, self.cross_k[i], self.cross_v[i], enable_gqa=layer.n_heads != layer.n_kv
         )
@@ -500,10 +543,14 @@ def generate(
             if temperature == 0:
                 tokens = state.logits.argmax(-1).tolist()
             else:
-                tokens = [sample(state.logits[j], temperature, top_k, top_p, generators[i]) for j, i in enumerate(active)]
+                logits = state.logits
+                tokens = [
+                    sample(logits[j], temperature, top_k, top_p, generators[i]) for j, i in enumerate(active)
+                ]
             for i, token in zip(active, tokens):
                 outputs[i].append(token)
-            going = [j for j, i in enumerate(active) if tokens[j] not in stop_ids and len(outputs[i]) < max_new_bytes]
+            done = [tokens[j] in stop_ids or len(outputs[i]) == max_new_bytes for j, i in enumerate(active)]
+            going = [j for j, d in enumerate(done) if not d]
             if not going:
                 break
             if len(going) < len(active):

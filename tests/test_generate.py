@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_blt import random_ids, tiny_blt
+from tiny_blt import random_ids, tiny_blt, tiny_config
 
-from blt.generate import IncrementalDecoder, sample
+from blt.generate import HashStep, IncrementalDecoder, sample
+from blt.model import BLT
 from blt.tokenizer import decode, encode
 
 
@@ -129,3 +130,50 @@ def test_bad_generation_input(model):
         model.generate(torch.zeros(0, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="prompt must be"):
         model.generate(123, 3)
+
+
+def test_steps_with_gqa_two_hash_functions_windowed_global_unfused(monkeypatch):
+    """The other code paths of a step: grouped-query heads, several hash functions, a ring-buffer global
+    cache that wraps, no entropy model, and stacks too big to fuse (here: a fuse limit of 0)."""
+    from blt import generate
+
+    config = tiny_config(entropy=False, scheme="static", patch_size=2)
+    config.encoder.hash_functions = 2
+    config.encoder.n_heads = config.decoder.n_heads = 4
+    config.encoder.n_kv_heads = config.decoder.n_kv_heads = 2
+    config.global_transformer.window = 4  # shorter than the patch sequence: the ring wraps
+    torch.manual_seed(0)
+    model = BLT(config).eval()
+    ids = random_ids(2, 40, seed=2)
+    full = model(ids).logits
+    for limit in (generate.FUSE_LIMIT, 0):
+        monkeypatch.setattr(generate, "FUSE_LIMIT", limit)
+        state = IncrementalDecoder(model, [ids[0, :3], ids[1, :10]])
+        assert (state.encoder.fused is None) == (limit == 0)
+        for step in range(25):
+            for b, n in enumerate((3, 10)):
+                torch.testing.assert_close(state.logits[b], full[b, n + step - 1], atol=1e-4, rtol=0)
+            state.push([int(ids[0, 3 + step]), int(ids[1, 10 + step])])
+
+
+def test_hash_step_equals_encoder_embedding():
+    config = tiny_config(entropy=False)
+    config.encoder.hash_functions = 3
+    torch.manual_seed(1)
+    model = BLT(config).eval()
+    ids = random_ids(2, 12, seed=4)
+    step = HashStep(model.encoder)
+    for t in range(12):  # windows left-padded with id 0, as the embedding pads the sequence start
+        window = torch.nn.functional.pad(ids[:, : t + 1], (step.reach, 0))[:, -step.reach :]
+        torch.testing.assert_close(step(window), model.encoder.embed(ids)[:, t : t + 1], atol=1e-6, rtol=0)
+
+
+def test_batch_rows_stop_at_different_steps(model):
+    prompts = ["a", "Hello there", "x" * 30]
+    free = [model.generate(p, 30, temperature=0.0) for p in prompts]
+    stop = bytes({f[5] for f in free[:2]})  # rows 0 and 1 stop early, at different steps
+    expected = [model.generate(p, 30, temperature=0.0, stop=stop) for p in prompts]
+    assert len({len(e) for e in expected}) > 1
+    assert model.generate(prompts, 30, temperature=0.0, stop=stop) == expected
+    sampled = model.generate(prompts, 30, temperature=0.8, stop=stop, seed=3)
+    assert sampled == model.generate(prompts, 30, temperature=0.8, stop=stop, seed=3, use_cache=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -10,8 +11,9 @@ import pytest
 import torch
 import yaml
 
+from blt.checkpoint import CheckpointError
 from blt.training import callbacks, modules
-from blt.training.cli import main, parse_args
+from blt.training.cli import main, parse_args, resume_checkpoint
 from blt.training.config import SECTIONS, load_run_config
 from blt.training.modules import adamw, lr_factor
 
@@ -43,8 +45,15 @@ def test_every_config_file_parses(path):
 def test_overrides_are_coerced_and_merged_over_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: {seq_len: 64}\ntrainer: {max_steps: 7}\n")
-    run = load_run_config(path, ["--trainer.max_steps", "9", "--optim.lr=0.5", "--trainer.precision", "bf16-mixed"])
-    assert (run.data.seq_len, run.trainer.max_steps, run.optim.lr, run.trainer.precision) == (64, 9, 0.5, "bf16-mixed")
+    run = load_run_config(
+        path, ["--trainer.max_steps", "9", "--optim.lr=0.5", "--trainer.precision", "bf16-mixed"]
+    )
+    assert (run.data.seq_len, run.trainer.max_steps, run.optim.lr, run.trainer.precision) == (
+        64,
+        9,
+        0.5,
+        "bf16-mixed",
+    )
 
 
 def test_parse_args_separates_flags_and_overrides():
@@ -78,13 +87,21 @@ def test_bad_values_and_commands_are_clear(capsys):
 
 
 def test_print_config_round_trips(tmp_path, capsys):
-    assert main(["blt", "--config", str(REPO / "configs" / "tiny.yaml"), "--data.seq_len", "99", "--print_config"]) == 0
+    assert (
+        main(
+            ["blt", "--config", str(REPO / "configs" / "tiny.yaml"), "--data.seq_len", "99", "--print_config"]
+        )
+        == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     assert list(printed) == list(SECTIONS["blt"])
     assert printed["data"]["seq_len"] == 99
     path = tmp_path / "printed.yaml"
     path.write_text(yaml.safe_dump(printed))
-    again, expected = load_run_config(path, []), load_run_config(REPO / "configs" / "tiny.yaml", ["--data.seq_len", "99"])
+    again, expected = (
+        load_run_config(path, []),
+        load_run_config(REPO / "configs" / "tiny.yaml", ["--data.seq_len", "99"]),
+    )
     assert all(getattr(again, s) == getattr(expected, s) for s in SECTIONS["blt"])
 
 
@@ -108,8 +125,26 @@ def test_resume_without_checkpoint_is_a_clear_error(text_corpus, tmp_path, capsy
     for command in ("entropy", "blt", "baseline"):
         assert main([command, *tiny_args(text_corpus, tmp_path / "runs"), "--resume", "last"]) == 2
         assert "no checkpoint to resume" in capsys.readouterr().err
-    assert main(["entropy", *tiny_args(text_corpus, tmp_path / "runs"), "--resume", str(tmp_path / "x.ckpt")]) == 2
+    assert (
+        main(["entropy", *tiny_args(text_corpus, tmp_path / "runs"), "--resume", str(tmp_path / "x.ckpt")])
+        == 2
+    )
     assert "checkpoint file not found" in capsys.readouterr().err
+
+
+def test_resume_last_of_a_blt_run_killed_in_its_entropy_stage(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(CheckpointError, match="no checkpoint to resume"):
+        resume_checkpoint("blt", "last", run_dir, staged=True)
+    (run_dir / "entropy" / "checkpoints").mkdir(parents=True)
+    (run_dir / "entropy" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert resume_checkpoint("blt", "last", run_dir, staged=True) is None  # the entropy stage resumes first
+    with pytest.raises(CheckpointError):  # with --entropy_checkpoint there is no stage to resume
+        resume_checkpoint("blt", "last", run_dir, staged=False)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert resume_checkpoint("blt", "last", run_dir, staged=True) == run_dir / "checkpoints" / "last.ckpt"
+    assert resume_checkpoint("entropy", None, run_dir, staged=False) is None
 
 
 def test_entropy_checkpoint_with_another_vocabulary_is_refused(text_corpus, tmp_path, capsys):
@@ -120,7 +155,12 @@ def test_entropy_checkpoint_with_another_vocabulary_is_refused(text_corpus, tmp_
     assert main(["blt", *args]) == 2
     err = capsys.readouterr().err
     assert "vocabulary size 300" in err and "260" in err
-    assert main(["blt", *tiny_args(text_corpus, tmp_path / "runs", "--entropy_checkpoint", str(tmp_path / "no"))]) == 2
+    assert (
+        main(
+            ["blt", *tiny_args(text_corpus, tmp_path / "runs", "--entropy_checkpoint", str(tmp_path / "no"))]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -132,14 +172,15 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     f = [lr_factor(s, warmup=10, total=110, min_ratio=0.1) for s in range(120)]
     assert f[0] == pytest.approx(1 / 11) and f[9] == pytest.approx(10 / 11)
     assert f[10] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(f[10:]))
     assert f[60] == pytest.approx(0.55)
     assert f[110] == pytest.approx(0.1) and f[119] == pytest.approx(0.1)
 
 
 def test_adamw_decays_matrices_but_not_norms():
-    from blt.config import EntropyModelConfig
     from blt.patcher import EntropyModel
+
+    from blt.config import EntropyModelConfig
     from blt.training.config import OptimConfig
 
     model = EntropyModel(EntropyModelConfig(dim=16, n_layers=1, n_heads=2))
@@ -170,7 +211,9 @@ def test_atomic_checkpoint_survives_a_crash_mid_write(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(text_corpus, tmp_path, monkeypatch, capsys):
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(
+    text_corpus, tmp_path, monkeypatch, capsys
+):
     score = modules.EntropyTask.score
 
     def nan_at_step_5(self, batch):
@@ -180,7 +223,9 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(text_cor
         return sums
 
     monkeypatch.setattr(modules.EntropyTask, "score", nan_at_step_5)
-    args = tiny_args(text_corpus, tmp_path / "runs", "--trainer.max_steps", "8", "--trainer.checkpoint_every", "2")
+    args = tiny_args(
+        text_corpus, tmp_path / "runs", "--trainer.max_steps", "8", "--trainer.checkpoint_every", "2"
+    )
     assert main(["entropy", *args]) == 1
     err = capsys.readouterr().err
     assert "not finite" in err and "at step 5" in err and "last good checkpoint" in err
@@ -189,4 +234,3 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(text_cor
     assert state["global_step"] == 4
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
     assert not (tmp_path / "runs" / "default-entropy" / "summary.json").exists()
-

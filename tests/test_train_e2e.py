@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from blt.patcher import EntropyModel
 
 from blt.baseline import BaselineLM
 from blt.model import BLT
-from blt.patcher import EntropyModel
 from blt.training.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,16 @@ TINY = [
     "--trainer.val_batches", "2", "--trainer.log_every", "1", "--trainer.progress_bar", "false",
     "--trainer.target_patch_size", "3",
 ]  # fmt: skip
-SUMMARY_KEYS = {"kind", "name", "params", "bytes_seen", "training_flops", "val_bpb", "inference_flops_per_byte", "val_curve"}
+SUMMARY_KEYS = {
+    "kind",
+    "name",
+    "params",
+    "bytes_seen",
+    "training_flops",
+    "val_bpb",
+    "inference_flops_per_byte",
+    "val_curve",
+}
 LOADERS = {"entropy": EntropyModel, "blt": BLT, "baseline": BaselineLM}
 
 pytestmark = pytest.mark.slow
@@ -56,7 +65,9 @@ def test_train_resume_and_load(command, text_corpus, tmp_path, capsys):
     assert [p["step"] for p in first["val_curve"]] == [2, 4]
 
     # continue the same run for two more steps
-    assert main([command, *args(text_corpus, out, *steps, "--trainer.max_steps", "6", "--resume", "last")]) == 0
+    assert (
+        main([command, *args(text_corpus, out, *steps, "--trainer.max_steps", "6", "--resume", "last")]) == 0
+    )
     second = summary(run_dir)
     assert second["steps"] == 6 and second["val_curve"][:2] == first["val_curve"]
     assert second["bytes_seen"] > first["bytes_seen"] and second["training_flops"] > first["training_flops"]
@@ -81,7 +92,14 @@ def test_blt_reuses_a_given_entropy_checkpoint(text_corpus, tmp_path):
     out = tmp_path / "runs"
     assert main(["entropy", *args(text_corpus, out, "--trainer.max_steps", "2")]) == 0
     entropy_dir = out / "default-entropy" / "model"
-    more = ["--trainer.max_steps", "2", "--entropy_checkpoint", str(entropy_dir), "--trainer.sample_bytes", "0"]
+    more = [
+        "--trainer.max_steps",
+        "2",
+        "--entropy_checkpoint",
+        str(entropy_dir),
+        "--trainer.sample_bytes",
+        "0",
+    ]
     assert main(["blt", *args(text_corpus, out, *more)]) == 0
     assert not (out / "default-blt" / "entropy").exists()
     model = BLT.from_pretrained(out / "default-blt" / "model")
@@ -89,9 +107,27 @@ def test_blt_reuses_a_given_entropy_checkpoint(text_corpus, tmp_path):
     assert all(torch.equal(v, trained[k]) for k, v in model.patcher.state_dict().items())
 
 
+def test_bf16_mixed_precision_and_gradient_accumulation(text_corpus, tmp_path):
+    out = tmp_path / "runs"
+    more = ["--trainer.max_steps", "2", "--trainer.precision", "bf16-mixed", "--trainer.accumulate", "2"]
+    assert main(["entropy", *args(text_corpus, out, *more)]) == 0
+    result = summary(out / "default-entropy")
+    assert result["steps"] == 2 and result["bytes_seen"] > 3 * 4 * 32  # 4 batches for 2 optimizer steps
+    assert result["val_bpb"] < 9
+
+
 def test_kill_and_resume_reaches_the_same_validation_loss(text_corpus, tmp_path):
     out = tmp_path / "runs"
-    common = args(text_corpus, out, "--trainer.max_steps", "40", "--trainer.val_every", "10", "--trainer.checkpoint_every", "5")
+    common = args(
+        text_corpus,
+        out,
+        "--trainer.max_steps",
+        "40",
+        "--trainer.val_every",
+        "10",
+        "--trainer.checkpoint_every",
+        "5",
+    )
     assert main(["entropy", *common, "--trainer.name", "straight"]) == 0
 
     cmd = [sys.executable, str(REPO / "train.py"), "entropy", *common, "--trainer.name", "killed"]
@@ -107,7 +143,9 @@ def test_kill_and_resume_reaches_the_same_validation_loss(text_corpus, tmp_path)
     killed_at = torch.load(last, weights_only=True)["global_step"]
     assert killed_at < 40 and not (out / "killed" / "summary.json").exists()
 
-    resumed = subprocess.run([*cmd, "--resume", "last"], cwd=REPO, capture_output=True, text=True)
+    resumed = subprocess.run(
+        [*cmd, "--resume", "last"], check=False, cwd=REPO, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     straight, again = summary(out / "straight"), summary(out / "killed")
     assert again["bytes_seen"] == straight["bytes_seen"]
@@ -118,9 +156,18 @@ def test_kill_and_resume_reaches_the_same_validation_loss(text_corpus, tmp_path)
 
 def test_ddp_on_two_cpu_processes(text_corpus, tmp_path):
     out = tmp_path / "runs"
-    more = ["--trainer.max_steps", "3", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    more = [
+        "--trainer.max_steps",
+        "3",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+    ]
     cmd = [sys.executable, str(REPO / "train.py"), "entropy", *args(text_corpus, out, *more)]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = summary(out / "default-entropy")
     one_rank = 3 * 4 * 32  # steps x batch x window: at most this many bytes on one rank

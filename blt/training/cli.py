@@ -12,6 +12,7 @@ prints the merged YAML and exits; ``--help`` lists every field with its document
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -81,7 +82,7 @@ def help_text(command: str | None) -> str:
 
 
 def entropy_model_dir(run: RunConfig, run_dir: Path, resume: bool) -> Path:
-    """The entropy model the blt command patches with: trained into ``run_dir/entropy`` (or reused on resume)."""
+    """The entropy model the blt command patches with, trained into ``run_dir/entropy`` (reused on resume)."""
     stage = run_dir / "entropy"
     if resume and (stage / SUMMARY).is_file() and (stage / "model").is_dir():
         say(f"reusing the entropy model trained in {stage}")
@@ -107,41 +108,56 @@ def check_entropy_vocab(directory: Path, vocab_size: int) -> None:
 
 
 def baseline_tokenizer(run: RunConfig, run_dir: Path, resume: bool) -> BPETokenizer:
-    """The baseline's BPE tokenizer: trained on the training split (kept in the run directory for resuming)."""
+    """The baseline's BPE tokenizer, trained on the training split (kept in the run dir for resuming)."""
     path = run_dir / TOKENIZER_FILE
     if resume and path.is_file():
         return BPETokenizer.load(path)
     say(f"training a {run.baseline.vocab_size}-piece BPE tokenizer on the training split")
-    tokenizer = train_tokenizer(iter_documents(run.data, "train"), run.baseline.vocab_size, run.baseline.tokenizer)
+    tokenizer = train_tokenizer(
+        iter_documents(run.data, "train"), run.baseline.vocab_size, run.baseline.tokenizer
+    )
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save(path)
     return tokenizer
 
 
-def train(command: str, run: RunConfig, config_path: str | None, resume: str | None, entropy_dir: str | None) -> dict:
+def resume_checkpoint(command: str, resume: str | None, run_dir: Path, staged: bool) -> Path | None:
+    """The checkpoint ``--resume`` names; None to start fresh (a blt run killed in its entropy stage)."""
+    if resume is None:
+        return None
+    if resume == "last" and command == "blt" and staged and last_checkpoint(run_dir) is None:
+        stage = run_dir / "entropy"
+        if last_checkpoint(stage) is not None or (stage / SUMMARY).is_file():
+            return None  # the entropy stage resumes (or is reused), then the BLT starts
+    return resolve_resume(resume, run_dir)
+
+
+def train(
+    command: str, run: RunConfig, config_path: str | None, resume: str | None, entropy_dir: str | None
+) -> dict:
     run_dir = Path(run.trainer.output_dir) / run_name(run, command, config_path)
     for split in ("train", "val"):  # corpus errors (missing path, empty split) before any model is built
         load_split(run.data, split)
-    resume_path = None
-    if resume is not None:
-        staged = command == "blt" and resume == "last" and entropy_dir is None and (run_dir / "entropy").is_dir()
-        if not (staged and last_checkpoint(run_dir) is None):  # else: the entropy stage is what resumes
-            resume_path = resolve_resume(resume, run_dir)
-        elif last_checkpoint(run_dir / "entropy") is None and not (run_dir / "entropy" / SUMMARY).is_file():
-            resolve_resume(resume, run_dir)  # nothing at all to resume: its error names the folder
+    resume_path = resume_checkpoint(command, resume, run_dir, staged=entropy_dir is None)
     extra = {}
     if command == "blt" and (entropy_dir is not None or run.blt.patching.scheme in ENTROPY_SCHEMES):
         if entropy_dir is not None and not Path(entropy_dir).exists():
             raise CheckpointError(f"--entropy_checkpoint: directory does not exist: {entropy_dir}")
-        source = Path(entropy_dir) if entropy_dir is not None else entropy_model_dir(run, run_dir, resume is not None)
+        source = (
+            Path(entropy_dir)
+            if entropy_dir is not None
+            else entropy_model_dir(run, run_dir, resume is not None)
+        )
         check_entropy_vocab(source, run.blt.vocab_size)
         extra["entropy_dir"] = source
     if command == "baseline":
         extra["tokenizer"] = baseline_tokenizer(run, run_dir, resume_path is not None)
     summary = fit(command, run, run_dir, run.trainer.max_steps, resume_path, **extra)
-    say(f"\n{command}: validation bits-per-byte {summary['val_bpb']:.3f} after {summary['steps']} steps "
-        f"({summary['bytes_seen']:,} bytes); run directory {run_dir}")
+    say(
+        f"\n{command}: validation bits-per-byte {summary['val_bpb']:.3f} after {summary['steps']} steps "
+        f"({summary['bytes_seen']:,} bytes); run directory {run_dir}"
+    )
     if command == "blt" and run.trainer.sample_bytes:
         say_sample(run, run_dir / "model")
     return summary
@@ -153,25 +169,38 @@ def say_sample(run: RunConfig, model_dir: Path) -> None:
     prompt = next(iter_documents(run.data, "val"))[:48]
     model = BLT.from_pretrained(model_dir)
     new = model.generate(prompt, run.trainer.sample_bytes, temperature=0.8, top_k=20, seed=run.trainer.seed)
-    say(f"sample (prompt, then {run.trainer.sample_bytes} generated bytes):\n"
-        f"{prompt.decode('utf-8', errors='replace')}|{new.decode('utf-8', errors='replace')}")
+    say(
+        f"sample (prompt, then {run.trainer.sample_bytes} generated bytes):\n"
+        f"{prompt.decode('utf-8', errors='replace')}|{new.decode('utf-8', errors='replace')}"
+    )
+
+
+# Lightning warnings that do not apply here: the BLT's patcher is frozen in eval mode on purpose, and run
+# directories legitimately hold earlier logs (a resumed run appends to metrics.csv)
+QUIET = (r".*module\(s\) in eval mode.*", r"Experiment logs directory .* exists and is not empty.*")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    for pattern in QUIET:
+        warnings.filterwarnings("ignore", message=pattern)
     try:
         command, flags, overrides = parse_args(argv)
         if flags.get("--help"):
             print(help_text(command))
             return 0
         if command not in COMMANDS:
-            raise ConfigError(f"expected a command ({', '.join(COMMANDS)}), got {command!r}\n{USAGE}")
+            got = f"got {command!r}" if command else "got none"
+            raise ConfigError(f"expected a command ({', '.join(COMMANDS)}), {got}\n{USAGE}")
         if "--entropy_checkpoint" in flags and command != "blt":
             raise ConfigError("--entropy_checkpoint applies to the blt command only")
         config_path = flags.get("--config")
         run = load_run_config(config_path, overrides)
         if flags.get("--print_config"):
-            print(yaml.safe_dump({s: to_dict(getattr(run, s)) for s in SECTIONS[command]}, sort_keys=False), end="")
+            print(
+                yaml.safe_dump({s: to_dict(getattr(run, s)) for s in SECTIONS[command]}, sort_keys=False),
+                end="",
+            )
             return 0
         train(command, run, config_path, flags.get("--resume"), flags.get("--entropy_checkpoint"))
     except NonFiniteLossError as e:
@@ -181,4 +210,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
-

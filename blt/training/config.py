@@ -42,12 +42,17 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
-        check(0.0 <= self.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check(
+            0.0 <= self.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"
+        )
         check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
         check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
         check(self.eps > 0, f"optim.eps must be > 0, got {self.eps}")
-        check(self.grad_clip is None or self.grad_clip > 0, f"optim.grad_clip must be > 0 or None, got {self.grad_clip}")
+        check(
+            self.grad_clip is None or self.grad_clip > 0,
+            f"optim.grad_clip must be > 0 or None, got {self.grad_clip}",
+        )
 
 
 @dataclass
@@ -55,7 +60,9 @@ class TrainerConfig:
     """Where and how long to train, on which devices, and how often to validate and checkpoint."""
 
     output_dir: str = doc("folder holding one directory per run", "runs")
-    name: str | None = doc("run name: the run directory is output_dir/name (None: <config file stem>-<command>)", None)
+    name: str | None = doc(
+        "run name: the run directory is output_dir/name (None: <config file stem>-<command>)", None
+    )
     max_steps: int = doc("optimizer steps to train", 200)
     entropy_max_steps: int | None = doc(
         "optimizer steps of the entropy model that the blt command trains first (None: max_steps)", None
@@ -76,7 +83,8 @@ class TrainerConfig:
         "peak FLOP/s per device for MFU (None: known GPUs by name; on CPU a short matmul measures it)", None
     )
     target_patch_size: float | None = doc(
-        "blt: calibrate blt.patching's threshold on training text to this mean patch size (None: keep it)", None
+        "blt: calibrate blt.patching's threshold on training text to this mean patch size (None: keep it)",
+        None,
     )
     sample_bytes: int = doc("bytes generated from the final BLT as a sample (0: none)", 200)
     progress_bar: bool = doc("show a progress bar", True)
@@ -87,11 +95,28 @@ class TrainerConfig:
             self.entropy_max_steps is None or self.entropy_max_steps > 0,
             f"trainer.entropy_max_steps must be > 0 or None, got {self.entropy_max_steps}",
         )
-        for key in ("accumulate", "val_every", "val_batches", "checkpoint_every", "log_every", "devices", "num_nodes"):
+        for key in (
+            "accumulate",
+            "val_every",
+            "val_batches",
+            "checkpoint_every",
+            "log_every",
+            "devices",
+            "num_nodes",
+        ):
             check(getattr(self, key) > 0, f"trainer.{key} must be > 0, got {getattr(self, key)}")
-        check(self.precision in PRECISIONS, f"trainer.precision: {self.precision!r} is not one of {list(PRECISIONS)}")
-        check(self.accelerator in ("auto", "cpu", "gpu"), f"trainer.accelerator: {self.accelerator!r} is not auto/cpu/gpu")
-        check(self.strategy in STRATEGIES, f"trainer.strategy: {self.strategy!r} is not one of {list(STRATEGIES)}")
+        check(
+            self.precision in PRECISIONS,
+            f"trainer.precision: {self.precision!r} is not one of {list(PRECISIONS)}",
+        )
+        check(
+            self.accelerator in ("auto", "cpu", "gpu"),
+            f"trainer.accelerator: {self.accelerator!r} is not auto/cpu/gpu",
+        )
+        check(
+            self.strategy in STRATEGIES,
+            f"trainer.strategy: {self.strategy!r} is not one of {list(STRATEGIES)}",
+        )
         check(self.peak_flops is None or self.peak_flops > 0, "trainer.peak_flops must be > 0 or None")
         check(
             self.target_patch_size is None or self.target_patch_size >= 1,
@@ -105,8 +130,13 @@ class RunConfig:
     """Everything one ``train.py`` command reads."""
 
     data: DataConfig = doc("training corpus, windows and batches", default_factory=DataConfig)
-    entropy: EntropyModelConfig = doc("entropy model (trained by `entropy`, and first by `blt`)", default_factory=EntropyModelConfig)
-    blt: BLTConfig = doc("byte latent transformer (its entropy_model comes from the entropy section)", default_factory=BLTConfig)
+    entropy: EntropyModelConfig = doc(
+        "entropy model (trained by `entropy`, and first by `blt`)", default_factory=EntropyModelConfig
+    )
+    blt: BLTConfig = doc(
+        "byte latent transformer (its entropy_model comes from the entropy section)",
+        default_factory=BLTConfig,
+    )
     baseline: BaselineTrainConfig = doc("tokenized BPE baseline", default_factory=BaselineTrainConfig)
     optim: OptimConfig = doc("optimizer and schedule", default_factory=OptimConfig)
     trainer: TrainerConfig = doc("trainer", default_factory=TrainerConfig)

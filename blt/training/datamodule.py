@@ -1,8 +1,9 @@
 """Batches for Lightning: an endless, resumable training stream and a fixed validation set.
 
 Byte-level tasks batch the data pipeline's :class:`blt.data.PackedBatches`; the BPE baseline packs its
-token stream the same way (:class:`TokenBatches`). Training batches carry the loader state *after* them (``data_state``), so the module can checkpoint the
-position of the batches it actually consumed (Lightning fetches one batch ahead of the step).
+token stream the same way (:class:`TokenBatches`). Training batches carry the loader state *after* them
+(``data_state``), so the module can checkpoint the position of the batches it actually consumed (Lightning
+fetches one batch ahead of the step).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ class TokenBatches(PackedBatches):
     ``tokens`` is the split's documents as BOS + token ids + EOS, concatenated (see :func:`token_stream`).
     """
 
-    def __init__(self, config: DataConfig, tokens: np.ndarray, split: str = "train", rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, config: DataConfig, tokens: np.ndarray, split: str = "train", rank: int = 0, world_size: int = 1
+    ):
         super().__init__(config, split, rank, world_size)
         self.ids = tokens
         self.windows_per_rank = (len(tokens) - 1) // config.seq_len // world_size
@@ -31,13 +34,13 @@ class TokenBatches(PackedBatches):
         if self.batches_per_epoch == 0:
             raise ValueError(
                 f"the {split} split of {config.source!r} has {len(tokens)} tokens: fewer than one batch of "
-                f"{config.batch_size} windows of {config.seq_len + 1} tokens per rank; use more data or a smaller "
-                "data.seq_len / data.batch_size"
+                f"{config.batch_size} windows of {config.seq_len + 1} tokens per rank; use more data, or a "
+                "smaller data.seq_len / data.batch_size"
             )
 
 
 def token_stream(config: DataConfig, split: str, encode) -> np.ndarray:
-    """The documents of ``split`` encoded by ``encode(bytes, add_bos, add_eos) -> ids``, concatenated (int32)."""
+    """The documents of ``split`` encoded by ``encode(bytes, add_bos, add_eos)``, concatenated (int32)."""
     parts = [np.asarray(encode(doc, True, True), dtype=np.int32) for doc in iter_documents(config, split)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from blt.baseline import BaselineLM, BPETokenizer
 from blt.config import PatchingConfig, to_dict
@@ -91,7 +91,9 @@ class LMTask(L.LightningModule):
 
     def byte_scores(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Sums for byte-level models: every non-padding target is predicted, bytes are ids >= OFFSET."""
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID, reduction="sum")
+        nll = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD_ID, reduction="sum"
+        )
         return {"nll": nll, "tokens": (targets != PAD_ID).sum(), "bytes": (targets >= OFFSET).sum()}
 
     def batches(self, split: str) -> PackedBatches:
@@ -112,8 +114,8 @@ class LMTask(L.LightningModule):
         shared = self.trainer.strategy.reduce(shared, reduce_op="sum")
         if shared[1] > 0:
             raise NonFiniteLossError(
-                f"training loss is not finite ({loss.item()}) at step {self.global_step + 1}; the run stopped "
-                f"after {self.global_step} good steps"
+                f"training loss is not finite ({loss.item()}) at step {self.global_step + 1}; the run stopped"
+                f" after {self.global_step} good steps"
             )
         self.data_state = batch["data_state"]
         self.last_batch_bytes = int(shared[0])
@@ -132,11 +134,13 @@ class LMTask(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         names = sorted(self._val_sums)
-        totals = self.trainer.strategy.reduce(torch.stack([self._val_sums[k] for k in names]), reduce_op="sum")
+        totals = self.trainer.strategy.reduce(
+            torch.stack([self._val_sums[k] for k in names]), reduce_op="sum"
+        )
         self._val_sums = dict(zip(names, totals))
         self.val_bpb = float(self._val_sums["nll"] / math.log(2) / self._val_sums["bytes"])
-        self.log("val_loss", float(self._val_sums["nll"] / self._val_sums["tokens"]), rank_zero_only=True)
-        self.log("val_bpb", self.val_bpb, prog_bar=True, rank_zero_only=True)
+        self.log("val_loss", float(self._val_sums["nll"] / self._val_sums["tokens"]), sync_dist=True)
+        self.log("val_bpb", self.val_bpb, prog_bar=True, sync_dist=True)
         point = {"step": self.global_step, "training_flops": self.training_flops, "val_bpb": self.val_bpb}
         self.val_curve = [p for p in self.val_curve if p["step"] != self.global_step] + [point]
 
@@ -213,7 +217,9 @@ class BLTTask(LMTask):
     kind = "blt"
 
     def __init__(self, run: RunConfig, max_steps: int, entropy_dir: str | Path | None = None):
-        self.entropy_state = None  # weights for the bundled patcher (a resumed run takes them from its checkpoint)
+        self.entropy_state = (
+            None  # weights for the bundled patcher (a resumed run takes them from its checkpoint)
+        )
         if entropy_dir is not None:
             entropy = EntropyModel.from_pretrained(entropy_dir)
             self.entropy_state = entropy.state_dict()
@@ -259,9 +265,11 @@ class BLTTask(LMTask):
         self.patch_sums = dict(extras["patch_sums"])
 
     def summary_extras(self) -> dict[str, Any]:
+        flops = self.flop_count(self._val_sums)  # per byte at the validation patch size
         extras = {
             "mean_patch_size": self.mean_patch_size(self._val_sums),
-            "inference_flops_per_byte": self.flop_count(self._val_sums).inference_flops_per_byte,
+            "inference_flops_per_byte": flops.inference_flops_per_byte,
+            "training_flops_per_byte": flops.training_flops_per_byte,
         }
         if self.run.blt.entropy_model is not None:
             entropy = entropy_flops_per_byte(self.run.blt.entropy_model, context_bytes=self.run.data.seq_len)
@@ -275,7 +283,9 @@ def calibrated_patching(entropy: EntropyModel, run: RunConfig, sample_bytes: int
     n = min(len(packed), math.ceil(sample_bytes / (run.data.batch_size * run.data.seq_len)))
     rows = torch.cat([packed.batch_at(i)[:, :-1] for i in range(n)])  # [N, seq_len] in corpus order
     entropies = entropy.entropies(rows)
-    calibration = calibrate_threshold(list(rows), list(entropies), run.trainer.target_patch_size, patching=run.blt.patching)
+    calibration = calibrate_threshold(
+        list(rows), list(entropies), run.trainer.target_patch_size, patching=run.blt.patching
+    )
     say(f"patching calibrated on {rows.numel()} training bytes: {calibration}")
     return calibration.patching(run.blt.patching)
 
@@ -298,7 +308,9 @@ class BaselineTask(LMTask):
         return BaselineLM(self.run.baseline, self.tokenizer)
 
     def batches(self, split: str) -> TokenBatches:
-        return TokenBatches(self.run.data, self.tokens[split], split, self.trainer.global_rank, self.trainer.world_size)
+        return TokenBatches(
+            self.run.data, self.tokens[split], split, self.trainer.global_rank, self.trainer.world_size
+        )
 
     def score(self, batch):
         ids = batch["ids"]
@@ -321,4 +333,3 @@ TASKS = {"entropy": EntropyTask, "blt": BLTTask, "baseline": BaselineTask}
 
 def task_for(command: str, run: RunConfig, max_steps: int, **kwargs: Any) -> LMTask:
     return TASKS[command](run, max_steps, **kwargs)
-

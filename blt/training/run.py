@@ -7,7 +7,6 @@ A run directory holds ``checkpoints/last.ckpt`` (resumable Lightning checkpoint)
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_only
 
 from blt.checkpoint import CheckpointError
+from blt.layers import Block
 from blt.training.callbacks import LAST, AtomicCheckpointIO, LastCheckpoint, NonFiniteLossError, Throughput
 from blt.training.config import RunConfig
 from blt.training.modules import STATE_KEY, LMTask, task_for
@@ -36,8 +38,8 @@ def resolve_resume(resume: str, run_dir: Path) -> Path:
         path = last_checkpoint(run_dir)
         if path is None:
             raise CheckpointError(
-                f"--resume last: no checkpoint to resume in {run_dir / 'checkpoints'} (run without --resume to "
-                "start, or check --trainer.output_dir / --trainer.name)"
+                f"--resume last: no checkpoint to resume in {run_dir / 'checkpoints'} (run without --resume "
+                "to start, or check --trainer.output_dir / --trainer.name)"
             )
         return path
     path = Path(resume)
@@ -46,16 +48,26 @@ def resolve_resume(resume: str, run_dir: Path) -> Path:
     return path
 
 
+def strategy(name: str):
+    """Lightning strategy: FSDP shards every transformer block and saves whole tensors (for the export)."""
+    if name == "fsdp":
+        return FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full")
+    return name
+
+
 def build_trainer(run: RunConfig, run_dir: Path, max_steps: int) -> tuple[L.Trainer, LastCheckpoint]:
     tc = run.trainer
     last = LastCheckpoint(run_dir / "checkpoints", tc.checkpoint_every, tc.val_every)
     callbacks = [last, Throughput(tc.peak_flops)]
     if tc.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, tc.log_every // 2)))
-    loggers = [CSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")]
+    loggers = [
+        CSVLogger(run_dir, name="", version=""),
+        TensorBoardLogger(run_dir, name="tensorboard", version=""),
+    ]
     trainer = L.Trainer(
         accelerator=tc.accelerator,
-        strategy=tc.strategy,
+        strategy=strategy(tc.strategy),
         devices=tc.devices,
         num_nodes=tc.num_nodes,
         precision=tc.precision,
@@ -85,7 +97,7 @@ def fit(
     """Train ``command``'s model into ``run_dir``; returns the summary (also written as summary.json)."""
     if resume is not None:
         check_resume(resume, command)
-    elif int(os.environ.get("LOCAL_RANK", 0)) == 0:
+    elif rank_zero_only.rank == 0:
         for name in STALE:
             (run_dir / name).unlink(missing_ok=True)
     L.seed_everything(run.trainer.seed, verbose=False)
@@ -94,7 +106,11 @@ def fit(
     try:
         trainer.fit(task, ckpt_path=resume)
     except NonFiniteLossError as e:
-        kept = f"the last good checkpoint is {last.path}" if last.path.is_file() else "no checkpoint was written yet"
+        kept = (
+            f"the last good checkpoint is {last.path}"
+            if last.path.is_file()
+            else "no checkpoint was written yet"
+        )
         raise NonFiniteLossError(f"{e}; {kept}") from None
     validated = bool(task.val_curve) and task.val_curve[-1]["step"] == trainer.global_step
     if not validated:
@@ -128,4 +144,3 @@ def export(task: LMTask, checkpoint: Path, directory: Path) -> None:
     model = task.build_model()
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     model.save_pretrained(directory)
-
