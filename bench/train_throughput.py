@@ -19,6 +19,7 @@ import itertools
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides += ["--data.source", args.data]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    run = load_run_config(args.config, overrides)
+    run = load_run_config(Path(__file__).resolve().parent.parent / args.config, overrides)
     torch.manual_seed(0)
     batches = byte_batches(run, 4)
     jobs = [blt_job(run, batches), baseline_job(run, 4), entropy_job(run, batches)]

@@ -195,7 +195,8 @@ class BPBResult:
     flops: dict[str, float] = field(default_factory=dict)  # inference/training FLOPs per byte
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data for JSON; an unknown standard error is None (JSON has no NaN)."""
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
 
 
 @torch.no_grad()
@@ -203,7 +204,7 @@ def score_documents(
     scorer, documents: Iterable[bytes], stride: int | None = None, batch_size: int = 8
 ) -> tuple[list[float], list[int], list[int]]:
     """Per document: bits, bytes and units (patches/tokens/bytes) of its scored bytes."""
-    stride = stride or scorer.context // 2
+    stride = scorer.context // 2 if stride is None else stride
     bits: list[float] = []
     n_bytes: list[int] = []
     units: list[int] = []

@@ -155,7 +155,11 @@ def against_baseline(runs: Sequence[Run]) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # plots
 
-COLORS = {"blt": "tab:blue", "baseline": "tab:red", "entropy": "tab:gray"}
+# BLT runs take matplotlib's colour cycle; the baseline and the entropy model stand apart from it
+STYLES = {
+    "baseline": {"color": "black", "linestyle": "--"},
+    "entropy": {"color": "tab:gray", "linestyle": ":"},
+}
 
 
 def plot_bpb_vs_flops(runs: Sequence[Run], path: Path) -> None:
@@ -165,9 +169,8 @@ def plot_bpb_vs_flops(runs: Sequence[Run], path: Path) -> None:
     ax = fig.add_subplot()
     for r in runs:
         err = None if math.isnan(r.stderr) else r.stderr
-        ax.errorbar(
-            r.inference_flops_per_byte, r.bpb, yerr=err, fmt="o", color=COLORS.get(r.kind, "k"), capsize=3
-        )
+        color = STYLES.get(r.kind, {}).get("color", "tab:blue")
+        ax.errorbar(r.inference_flops_per_byte, r.bpb, yerr=err, fmt="o", color=color, capsize=3)
         ax.annotate(
             r.name, (r.inference_flops_per_byte, r.bpb), textcoords="offset points", xytext=(5, 4), fontsize=8
         )
@@ -187,7 +190,7 @@ def plot_val_curves(runs: Sequence[Run], path: Path) -> None:
     for r in runs:
         if r.curve:
             xs, ys = zip(*sorted(r.curve))
-            ax.plot(xs, ys, marker=".", label=r.name, color=COLORS.get(r.kind) if r.kind != "blt" else None)
+            ax.plot(xs, ys, marker=".", label=r.name, **STYLES.get(r.kind, {}))
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("bits per byte (validation)")
@@ -226,7 +229,10 @@ def compare_runs(
         "val_curves": out / "val_curves.png",
     }
     paths["table"].write_text(markdown_table(runs) + against_baseline(runs))
-    paths["json"].write_text(json.dumps([asdict(r) for r in runs], indent=2))
+    rows = [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(r).items()} for r in runs
+    ]
+    paths["json"].write_text(json.dumps(rows, indent=2, allow_nan=False))
     plot_bpb_vs_flops(runs, paths["bpb_vs_flops"])
     plot_val_curves(runs, paths["val_curves"])
     return paths

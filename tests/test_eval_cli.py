@@ -40,6 +40,8 @@ def test_bpb_on_entropy_checkpoint(entropy_dir, text_corpus, capsys):
     # windows of 64 ids with a 16-byte sliding window: the same as one pass over each document
     whole = run_json(capsys, [*argv, "--json", "--context", "4096"])
     assert whole["bits"] == pytest.approx(result["bits"], rel=1e-5)
+    one = run_json(capsys, [*argv, "--json", "--max-documents", "1"])
+    assert one["n_documents"] == 1 and one["stderr"] is None
     # the human-readable form
     assert main([*argv, "--max-documents", "2"]) == 0
     assert "bits per byte" in capsys.readouterr().out

@@ -82,6 +82,7 @@ def test_compare_writes_table_json_and_plots(runs, tmp_path):
     assert "| blt-h1.25 | +0.1000 | 2.00x | 1.00 |" in table
     rows = json.loads(written["json"].read_text())
     assert [r["name"] for r in rows] == ["blt-h1.25", "blt-static4", "blt-space", "bpe"]
+    assert rows[0]["stderr"] is None  # unknown without re-evaluation (JSON has no NaN)
     assert rows[0]["curve"] == [[1.25e12, 3.6], [2.5e12, 3.1], [5e12, 2.1]]
     for key in ("bpb_vs_flops", "val_curves"):
         assert written[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

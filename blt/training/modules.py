@@ -141,6 +141,7 @@ class LMTask(L.LightningModule):
         self.val_bpb = float(self._val_sums["nll"] / math.log(2) / self._val_sums["bytes"])
         self.log("val_loss", float(self._val_sums["nll"] / self._val_sums["tokens"]), sync_dist=True)
         self.log("val_bpb", self.val_bpb, prog_bar=True, sync_dist=True)
+        self.log("training_flops", self.training_flops, sync_dist=True)  # the x axis of bpb-vs-FLOPs curves
         point = {"step": self.global_step, "training_flops": self.training_flops, "val_bpb": self.val_bpb}
         self.val_curve = [p for p in self.val_curve if p["step"] != self.global_step] + [point]
 
