@@ -87,6 +87,12 @@ def test_train_resume_and_load(command, text_corpus, tmp_path, capsys):
     if command == "baseline":
         assert second["bytes_per_token"] > 1
 
+    # a checkpoint of another model shape does not resume
+    section = {"entropy": "entropy", "blt": "blt.encoder", "baseline": "baseline"}[command]
+    wider = [f"--{section}.dim", "64", "--trainer.max_steps", "8", "--resume", "last"]
+    assert main([command, *args(text_corpus, out, *steps, *wider)]) == 2
+    assert f"was trained with {section}.dim = 32, this run has 64" in capsys.readouterr().err
+
 
 def test_blt_reuses_a_given_entropy_checkpoint(text_corpus, tmp_path):
     out = tmp_path / "runs"

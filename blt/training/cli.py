@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -20,13 +21,13 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from blt.baseline import TOKENIZER_FILE, BPETokenizer, train_tokenizer
 from blt.checkpoint import CheckpointError, read_config
-from blt.config import ConfigError, describe, to_dict
+from blt.config import BLTConfig, ConfigError, describe, from_dict, to_dict
 from blt.data import iter_documents, load_split
 from blt.model import BLT
 from blt.patcher.schemes import ENTROPY_SCHEMES
 from blt.training.callbacks import NonFiniteLossError, say
 from blt.training.config import COMMANDS, SECTIONS, RunConfig, load_run_config, run_name
-from blt.training.run import SUMMARY, fit, last_checkpoint, resolve_resume
+from blt.training.run import SUMMARY, fit, last_checkpoint, resolve_resume, training_state
 
 USAGE = (
     "usage: train.py {entropy,blt,baseline} [--config FILE] [--section.key value ...]\n"
@@ -141,7 +142,15 @@ def train(
         load_split(run.data, split)
     resume_path = resume_checkpoint(command, resume, run_dir, staged=entropy_dir is None)
     extra = {}
-    if command == "blt" and (entropy_dir is not None or run.blt.patching.scheme in ENTROPY_SCHEMES):
+    if resume_path is not None:
+        saved = training_state(resume_path, command, run)
+        if command == "blt":  # the checkpoint holds the patcher and its calibrated patching
+            run = replace(run, blt=from_dict(BLTConfig, saved["config"]["blt"]))
+    if (
+        command == "blt"
+        and resume_path is None
+        and (entropy_dir is not None or run.blt.patching.scheme in ENTROPY_SCHEMES)
+    ):
         if entropy_dir is not None and not Path(entropy_dir).exists():
             raise CheckpointError(f"--entropy_checkpoint: directory does not exist: {entropy_dir}")
         source = (

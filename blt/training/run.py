@@ -18,6 +18,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 
 from blt.checkpoint import CheckpointError
+from blt.config import to_dict
 from blt.layers import Block
 from blt.training.callbacks import LAST, AtomicCheckpointIO, LastCheckpoint, NonFiniteLossError, Throughput
 from blt.training.config import RunConfig
@@ -95,9 +96,7 @@ def fit(
     command: str, run: RunConfig, run_dir: Path, max_steps: int, resume: Path | None, **task_args: Any
 ) -> dict[str, Any]:
     """Train ``command``'s model into ``run_dir``; returns the summary (also written as summary.json)."""
-    if resume is not None:
-        check_resume(resume, command)
-    elif rank_zero_only.rank == 0:
+    if resume is None and rank_zero_only.rank == 0:
         for name in STALE:
             (run_dir / name).unlink(missing_ok=True)
     L.seed_everything(run.trainer.seed, verbose=False)
@@ -125,8 +124,25 @@ def fit(
     return summary
 
 
-def check_resume(path: Path, command: str) -> None:
-    """Refuse a checkpoint that is not a training checkpoint of this command, before Lightning loads it."""
+# keys of a model section that may differ on resume: the BLT's entropy model and calibrated patching come
+# from the checkpoint itself
+FROM_CHECKPOINT = ("entropy_model", "patching")
+
+
+def first_difference(saved: Any, now: Any, prefix: str) -> tuple[str, Any, Any] | None:
+    """(dotted key, saved value, current value) of the first differing leaf, skipping FROM_CHECKPOINT."""
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return None if saved == now else (prefix.rstrip("."), saved, now)
+    for key in sorted(set(saved) | set(now)):
+        if key not in FROM_CHECKPOINT:
+            diff = first_difference(saved.get(key), now.get(key), f"{prefix}{key}.")
+            if diff is not None:
+                return diff
+    return None
+
+
+def training_state(path: Path, command: str, run: RunConfig) -> dict[str, Any]:
+    """Our part of a Lightning checkpoint, refused (before Lightning loads it) if it cannot resume ``run``."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - whatever failed, the file is not a checkpoint we can resume
@@ -136,6 +152,15 @@ def check_resume(path: Path, command: str) -> None:
         raise CheckpointError(f"--resume: {path} is not a checkpoint written by blt-train")
     if ours["kind"] != command:
         raise CheckpointError(f"--resume: {path} is a checkpoint of '{ours['kind']}', not of '{command}'")
+    # the model section named like the command must match the checkpoint's
+    diff = first_difference(ours["config"][command], to_dict(getattr(run, command)), f"{command}.")
+    if diff is not None:
+        key, saved, now = diff
+        raise CheckpointError(
+            f"--resume: {path} was trained with {key} = {saved!r}, this run has {now!r}; "
+            "the model must match to resume"
+        )
+    return ours
 
 
 def export(task: LMTask, checkpoint: Path, directory: Path) -> None:
