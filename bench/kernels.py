@@ -27,9 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from blt.patcher import entropy_from_logits
 
 from blt import kernels, patch_ops
+from blt.patcher import entropy_from_logits
 
 SHAPES = {  # per device: batch, local dim, heads, hash tables (n-gram sizes), rows per table, dtype
     "cpu": {
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, ours, baseline, inputs, backward in cases(shape, shape["B"], T, args.device, ids, g):
             ours_ms, ours_mb = measure(ours, inputs, backward, args.reps, args.device)
             base = ["-", "-", "-"]  # the quadratic baselines are skipped past --baseline-max
-            if T <= baseline_max:
+            if baseline_max >= T:
                 base_ms, base_mb = measure(baseline, inputs, backward, args.reps, args.device)
                 base = [f"{base_ms:.1f}", f"{base_ms / ours_ms:.1f}x", f"{base_mb:.0f}"]
             row = [name, str(T), f"{ours_ms:.1f}", base[0], base[1], f"{ours_mb:.0f}", base[2]]

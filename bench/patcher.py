@@ -17,9 +17,9 @@ import random
 import time
 
 import torch
-from blt.patcher import EntropyModel, StreamingPatcher
 
 from blt.config import EntropyModelConfig, PatchingConfig, from_dict, load_yaml
+from blt.patcher import EntropyModel, StreamingPatcher
 from blt.tokenizer import encode
 
 WORDS = ["the", "of", "and", "to", "in", "is", "that", "it", "was", "for", "on", "are", "as", "with", "his", "they", "be", "at", "one", "have", "this", "from", "or", "had", "by"]

@@ -35,11 +35,11 @@ import time
 from pathlib import Path
 
 import torch
-from blt.eval.flops import blt_flops_per_byte, tokenized_flops_per_byte
-from blt.patcher import EntropyModel, calibrate_threshold, patch_lengths
 
 from blt.config import PatchingConfig
 from blt.data import PackedBatches
+from blt.eval.flops import blt_flops_per_byte, tokenized_flops_per_byte
+from blt.patcher import EntropyModel, calibrate_threshold, patch_lengths
 from blt.training.config import load_run_config
 
 ROOT = Path(__file__).resolve().parent.parent

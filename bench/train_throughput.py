@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
-from blt.patcher import EntropyModel, patch_lengths
 
 from blt.baseline import BaselineLM, train_tokenizer
 from blt.config import PatchingConfig
 from blt.data import PackedBatches, iter_documents
+from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
 from blt.model import BLT
+from blt.patcher import EntropyModel, patch_lengths
 from blt.tokenizer import OFFSET, PAD_ID
 from blt.training.config import load_run_config
 

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
+
+from blt.config import PatchingConfig
 from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
 from blt.patcher import patch_lengths
 from blt.patcher.schemes import ENTROPY_SCHEMES
-
-from blt.config import PatchingConfig
 from blt.tokenizer import PAD_ID, encode
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 
+from blt.config import BLTConfig, ConfigError, EntropyModelConfig, TransformerConfig, from_dict, load_yaml
 from blt.eval.flops import (
     LLAMA2_BYTES_PER_TOKEN,
     PAPER_CONTEXT_BYTES,
@@ -23,8 +24,6 @@ from blt.eval.flops import (
     entropy_flops_per_byte,
     tokenized_flops_per_byte,
 )
-
-from blt.config import BLTConfig, ConfigError, EntropyModelConfig, TransformerConfig, from_dict, load_yaml
 
 MODEL_SECTIONS = ("blt", "baseline", "entropy")
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 
 import torch
-from blt.kernels.dispatch import choose
-from blt.kernels.layout import check_patch_ids
 
 from blt import patch_ops
+from blt.kernels.dispatch import choose
+from blt.kernels.layout import check_patch_ids
 
 
 def _segment_softmax_pool(s: torch.Tensor, v: torch.Tensor, seg: torch.Tensor, n_seg: int) -> torch.Tensor:

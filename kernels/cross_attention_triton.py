@@ -18,6 +18,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+
 from blt.kernels.layout import patch_layout
 
 

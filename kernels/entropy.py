@@ -16,6 +16,7 @@ for t >= 2 a patch starts at t when H(t-1) > threshold.
 from __future__ import annotations
 
 import torch
+
 from blt.kernels.dispatch import choose
 
 CHUNK_ELEMENTS = 1 << 20  # logits per chunk in the PyTorch path: two float32 temporaries of 4 MB each

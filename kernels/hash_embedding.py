@@ -17,9 +17,9 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from blt.kernels.dispatch import choose
 
 from blt import patch_ops
+from blt.kernels.dispatch import choose
 from blt.patch_ops import HASH_PRIMES
 
 

@@ -9,10 +9,10 @@ tensors get the Triton kernel, whose max backward splits the gradient evenly amo
 from __future__ import annotations
 
 import torch
-from blt.kernels.dispatch import choose
-from blt.kernels.layout import check_patch_ids
 
 from blt import patch_ops
+from blt.kernels.dispatch import choose
+from blt.kernels.layout import check_patch_ids
 
 
 def patch_pool(

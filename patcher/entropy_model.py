@@ -36,11 +36,21 @@ HF_PATCHER_PREFIXES = ("model.patcher.", "patcher.")
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of the softmax over the last dim: [..., V] -> [...] (float32)."""
+    """Entropy in nats of the softmax over the last dim: [..., V] -> [...] (float32).
+
+    The plain reference; models call :func:`fused_entropy`, the same value from ``blt.kernels`` computed
+    chunk by chunk (Triton on CUDA) so no [B, T, 260] probability tensor is ever kept.
+    """
     # clamping keeps 0 * log 0 = 0 for logits of -inf (masked ids) instead of 0 * -inf = NaN
     logp = F.log_softmax(logits.float(), dim=-1).clamp_min(torch.finfo(torch.float32).min)
     # exp(logp) * logp is formed and reduced in one expression so no probability tensor outlives it
     return -(logp.exp() * logp).sum(-1)
+
+
+def fused_entropy(logits: torch.Tensor) -> torch.Tensor:
+    from blt.kernels import entropy_from_logits as kernel  # blt.kernels uses this module as its reference
+
+    return kernel(logits)
 
 
 def segment_positions(segments: torch.Tensor) -> torch.Tensor:
@@ -84,14 +94,14 @@ class EntropyModel(CausalLM):
             if segments.shape != ids.shape:
                 raise ValueError(f"segments shape {tuple(segments.shape)} must equal ids shape {tuple(ids.shape)}")
             positions = segment_positions(segments)
-            return entropy_from_logits(self(ids, positions=positions, segments=segments))
+            return fused_entropy(self(ids, positions=positions, segments=segments))
         chunk_size = chunk_size or self.config.max_seq_len
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         if ids.shape[1] <= chunk_size:
-            return entropy_from_logits(self(ids))
+            return fused_entropy(self(ids))
         cache = self.new_cache()
-        return torch.cat([entropy_from_logits(self(c, cache=cache)) for c in ids.split(chunk_size, dim=1)], 1)
+        return torch.cat([fused_entropy(self(c, cache=cache)) for c in ids.split(chunk_size, dim=1)], 1)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         return save_pretrained(directory, self, KIND, to_dict(self.config))

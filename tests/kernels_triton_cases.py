@@ -12,12 +12,12 @@ import warnings
 
 import pytest
 import torch
-from blt.patcher import entropy_from_logits
-from blt.patcher.schemes import entropy_starts
 
 from blt import kernels, patch_ops
 from blt.config import BLTConfig, LocalDecoderConfig, LocalEncoderConfig, TransformerConfig
 from blt.model import BLT
+from blt.patcher import entropy_from_logits
+from blt.patcher.schemes import entropy_starts
 
 needs_interpreter = pytest.mark.skipif(
     os.environ.get("TRITON_INTERPRET") != "1",

@@ -4,11 +4,11 @@ import random
 
 import pytest
 import torch
-from blt.eval.bpb import BaselineScorer, evaluate
-from blt.eval.loading import load_model
 
 from blt.baseline import BaselineLM, train_tokenizer
 from blt.config import BaselineConfig
+from blt.eval.bpb import BaselineScorer, evaluate
+from blt.eval.loading import load_model
 
 WORDS = ("the", "of", "and", "to", "in", "is", "that", "it", "was", "for", "on", "are", "as", "with", "his")
 

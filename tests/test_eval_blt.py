@@ -5,8 +5,6 @@ import math
 
 import pytest
 import torch
-from blt.eval.cli import main
-from blt.eval.loading import load_model
 
 from blt.config import (
     BLTConfig,
@@ -16,6 +14,8 @@ from blt.config import (
     TransformerConfig,
 )
 from blt.data import DataConfig, iter_documents
+from blt.eval.cli import main
+from blt.eval.loading import load_model
 from blt.model import BLT
 
 SMALL = {"dim": 32, "n_layers": 1, "n_heads": 2, "window": 32, "max_seq_len": 4096}

@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-from blt.eval.bpb import ByteLMScorer, evaluate, patch_starts, ratio_stderr, score_documents, windows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blt.config import TransformerConfig
+from blt.eval.bpb import ByteLMScorer, evaluate, patch_starts, ratio_stderr, score_documents, windows
 from blt.lm import CausalLM
 from blt.tokenizer import OFFSET, VOCAB_SIZE
 

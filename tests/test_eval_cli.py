@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
-from blt.eval.cli import main
-from blt.eval.loading import load_model
-from blt.patcher import EntropyModel
 
 from blt.checkpoint import CheckpointError, save_pretrained
 from blt.config import EntropyModelConfig
 from blt.data import DataConfig, iter_documents
+from blt.eval.cli import main
+from blt.eval.loading import load_model
+from blt.patcher import EntropyModel
 
 TINY = {"dim": 32, "n_layers": 1, "n_heads": 2, "window": 16, "max_seq_len": 64}
 

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+
 from blt.eval.bpb import BPBResult
 from blt.eval.cli import main
 from blt.eval.compare import compare_runs, markdown_table, read_run

@@ -5,14 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from blt.eval.flops import (
-    attended_context,
-    blt_flops_per_byte,
-    entropy_flops_per_byte,
-    layer_flops,
-    tokenized_flops_per_byte,
-)
-from blt.eval.flops_cli import main as flops_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -27,7 +19,17 @@ from blt.config import (
     from_dict,
     load_yaml,
 )
+from blt.eval.flops import (
+    attended_context,
+    blt_flops_per_byte,
+    entropy_flops_per_byte,
+    layer_flops,
+    tokenized_flops_per_byte,
+)
+from blt.eval.flops_cli import main as flops_main
 from blt.lm import CausalLM
+from blt.model import BLT
+from blt.patcher import EntropyModel
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -159,10 +161,9 @@ def test_byte_lm_agrees_with_flop_counter(window):
 
 
 def test_entropy_model_agrees_with_flop_counter():
-    patcher = pytest.importorskip("blt.patcher")
     torch.manual_seed(0)
     config = EntropyModelConfig(dim=32, n_layers=1, n_heads=2, window=8, max_seq_len=64)
-    model = patcher.EntropyModel(config).eval()
+    model = EntropyModel(config).eval()
     T = 40
     measured = _measure(model, torch.randint(4, 260, (1, T)))
     count = entropy_flops_per_byte(config, context_bytes=T)
@@ -200,7 +201,6 @@ def tiny_tokenizer():
 
 @pytest.mark.parametrize("decoder_all_layers", [True, False])
 def test_blt_agrees_with_flop_counter(decoder_all_layers):
-    model_module = pytest.importorskip("blt.model")
     torch.manual_seed(0)
     k = 2
     config = BLTConfig(
@@ -218,7 +218,7 @@ def test_blt_agrees_with_flop_counter(decoder_all_layers):
             cross_attn_all_layers=decoder_all_layers,
         ),
     )
-    model = model_module.BLT(config).eval()
+    model = BLT(config).eval()
     T, P = 64, 16  # 16 patches of 4 bytes
     ids = torch.randint(4, 260, (1, T))
     measured = _measure(lambda: model(ids, patch_lengths=torch.full((1, P), T // P)))

@@ -7,13 +7,11 @@ import json
 import pytest
 import torch
 from tiny_blt import median_gap, random_ids, tiny_blt
+from transformers import BltConfig, BltForCausalLM
 
 from blt.checkpoint import CheckpointError
 from blt.convert import main as convert_main
 from blt.model import BLT
-
-transformers = pytest.importorskip("transformers")
-from transformers import BltConfig, BltForCausalLM
 
 SHAPES = [
     {},  # encoder and global widths match: no token_embedding_projection

@@ -9,10 +9,6 @@ import dataclasses
 
 import pytest
 import torch
-from blt.kernels import entropy as entropy_module
-from blt.kernels.hash_embedding import table_rows
-from blt.patcher import entropy_from_logits
-from blt.patcher.schemes import entropy_starts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernels_triton_cases import assert_same, grads, leaf, model_logits_and_grads, patch_ids_case, tiny_blt
@@ -21,7 +17,11 @@ from torch.utils._pytree import tree_leaves
 
 from blt import kernels, patch_ops
 from blt.config import ConfigError, EntropyModelConfig
+from blt.kernels import entropy as entropy_module
+from blt.kernels.hash_embedding import table_rows
 from blt.model import BLT
+from blt.patcher import entropy_from_logits
+from blt.patcher.schemes import entropy_starts
 
 SETTINGS = settings(max_examples=30, deadline=None)
 

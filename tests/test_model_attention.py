@@ -36,7 +36,6 @@ def test_flex_mask_mod(case):
 
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_xformers_bias(case):
-    pytest.importorskip("xformers")
     q_pos, k_pos, window, seg = CASES[case]
     bias, flatten = xformers_bias(q_pos, k_pos, window, seg, seg, 2)
     expected = attention_mask(q_pos, k_pos, window, seg, seg).expand(2, 1, -1, -1)

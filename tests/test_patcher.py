@@ -4,6 +4,13 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from blt.checkpoint import CheckpointError, save_pretrained
+from blt.config import BLTConfig, ConfigError, EntropyModelConfig, PatchingConfig, from_dict
+from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
 from blt.patcher import (
     EntropyModel,
     StreamingPatcher,
@@ -13,13 +20,6 @@ from blt.patcher import (
 )
 from blt.patcher.calibrate import global_share, patch_size_for_global_share
 from blt.patcher.schemes import SCHEMES, entropy_starts, relative_starts, spacelike
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from safetensors.torch import save_file
-
-from blt.checkpoint import CheckpointError, save_pretrained
-from blt.config import BLTConfig, ConfigError, EntropyModelConfig, PatchingConfig, from_dict
-from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
 from blt.tokenizer import encode
 
 

@@ -1,11 +1,11 @@
 """The blt-patch command line: statistics, HTML and PNG pictures, clear errors."""
 
 import torch
+
+from blt.config import EntropyModelConfig
 from blt.patcher import EntropyModel
 from blt.patcher.cli import main
 from blt.patcher.picture import byte_labels
-
-from blt.config import EntropyModelConfig
 
 
 def saved_model(path):

@@ -178,9 +178,8 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 
 def test_adamw_decays_matrices_but_not_norms():
-    from blt.patcher import EntropyModel
-
     from blt.config import EntropyModelConfig
+    from blt.patcher import EntropyModel
     from blt.training.config import OptimConfig
 
     model = EntropyModel(EntropyModelConfig(dim=16, n_layers=1, n_heads=2))
