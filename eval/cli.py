@@ -42,7 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     bpb.add_argument(
         "--data", required=True, help="corpus: stdlib, a file, folder, glob, .jsonl, .parquet, hub name"
     )
-    bpb.add_argument("--split", default="val", choices=("train", "val"), help="which split of the corpus")
+    bpb.add_argument(
+        "--split",
+        default="val",
+        choices=("train", "val", "all"),
+        help="which split of the corpus (all: every document, for a corpus the model was not trained on)",
+    )
     bpb.add_argument("--max-documents", type=int, default=None, help="score only the first N documents")
     _add_window_args(bpb)
     bpb.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
@@ -53,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("runs", nargs="+", help="run directories (summary.json, metrics.csv, model/)")
     cmp.add_argument("--out", default="comparison", help="folder for comparison.md and the PNG plots")
     cmp.add_argument("--data", default=None, help="re-evaluate every run's model/ on this corpus's split")
-    cmp.add_argument("--split", default="val", choices=("train", "val"), help="split used with --data")
+    cmp.add_argument("--split", default="val", choices=("train", "val", "all"), help="split used with --data")
     cmp.add_argument(
         "--max-documents", type=int, default=None, help="with --data: score only the first N documents"
     )
@@ -86,9 +91,10 @@ def data_config(source: str, overrides: dict):
 
 
 def documents(args, overrides: dict):
-    from blt.data import iter_documents
+    from blt.data import corpus_documents, iter_documents
 
-    docs = iter_documents(data_config(args.data, overrides), args.split)
+    config = data_config(args.data, overrides)
+    docs = corpus_documents(config) if args.split == "all" else iter_documents(config, args.split)
     if args.max_documents is not None:
         if args.max_documents < 1:
             raise ValueError(f"--max-documents must be >= 1, got {args.max_documents}")

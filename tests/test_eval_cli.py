@@ -121,3 +121,14 @@ def test_compare_reevaluates_models_on_a_corpus(entropy_dir, tmp_path, text_corp
     assert row["bpb"] == pytest.approx(expected["bits_per_byte"]) and row["bpb"] != 9.9
     assert row["stderr"] == pytest.approx(expected["stderr"])
     assert row["inference_flops_per_byte"] == pytest.approx(expected["flops"]["inference_flops_per_byte"])
+
+
+def test_split_all_scores_every_document_of_a_foreign_file(entropy_dir, tmp_path, capsys):
+    text = tmp_path / "one.txt"
+    text.write_bytes(b"a single document that no validation split would hold\n" * 3)
+    argv = ["bpb", "--checkpoint", str(entropy_dir), "--data", str(text), "--json"]
+    assert main(argv) == 2 and "validation split" in capsys.readouterr().err
+    result = run_json(capsys, [*argv, "--split", "all"])
+    assert result["n_documents"] == 1 and result["n_bytes"] == len(text.read_bytes())
+    text.write_bytes(b"")
+    assert main([*argv, "--split", "all"]) == 2 and "no bytes" in capsys.readouterr().err
