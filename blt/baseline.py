@@ -31,13 +31,13 @@ import torch.nn.functional as F
 
 from blt.checkpoint import (
     CheckpointError,
-    checkpoint_kind,
     load_state,
     read_config,
     read_weights,
     save_pretrained,
+    typed_config,
 )
-from blt.config import BaselineConfig, ConfigError, check, doc, from_dict, to_dict
+from blt.config import BaselineConfig, check, doc, to_dict
 from blt.lm import CausalLM
 
 KIND = "blt-baseline"
@@ -312,15 +312,12 @@ class BaselineLM(CausalLM):
         """Load a directory written by :meth:`save_pretrained`; the model is returned in eval mode."""
         directory = Path(directory)
         meta = read_config(directory)
-        kind = checkpoint_kind(meta)
-        if kind != KIND:
-            raise CheckpointError(f"{directory} holds a {kind!r} checkpoint, not a BPE baseline ({KIND!r})")
+        config = typed_config(directory, meta, KIND, BaselineConfig, "a BPE baseline")
         if not (directory / TOKENIZER_FILE).is_file():
             raise CheckpointError(f"no {TOKENIZER_FILE} in baseline checkpoint {directory}")
         try:
-            config = from_dict(BaselineConfig, meta.get("config"))
             tokenizer = BPETokenizer.load(directory / TOKENIZER_FILE)
-        except (ConfigError, ValueError) as e:
+        except ValueError as e:
             raise CheckpointError(f"{directory}: {e}") from None
         if tokenizer.vocab_size != config.vocab_size:
             raise CheckpointError(

@@ -79,6 +79,21 @@ def checkpoint_kind(config: dict[str, Any]) -> str:
     return "unknown"
 
 
+def typed_config(directory: str | Path, data: dict[str, Any], kind: str, config_cls: type, what: str) -> Any:
+    """The config dataclass of one of our checkpoints, after checking it is of ``kind`` (``what`` names it)."""
+    from blt.config import ConfigError, from_dict
+
+    found = checkpoint_kind(data)
+    if found != kind:
+        raise CheckpointError(f"{directory} holds a checkpoint of kind {found!r}, not {what} ({kind!r})")
+    if not isinstance(data.get("config"), dict):
+        raise CheckpointError(f"{directory}: config.json has no 'config' section")
+    try:
+        return from_dict(config_cls, data["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{directory}: bad {what} config: {e}") from None
+
+
 def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint: safetensors if present, else a pickle file read with ``weights_only=True``."""
     directory = Path(directory)

@@ -33,6 +33,7 @@ from blt.checkpoint import (
     read_config,
     read_weights,
     save_pretrained,
+    typed_config,
 )
 from blt.config import (
     BLTConfig,
@@ -41,7 +42,6 @@ from blt.config import (
     LocalEncoderConfig,
     TransformerConfig,
     check,
-    from_dict,
     to_dict,
 )
 from blt.layers import KVCache, RMSNorm, Transformer, init_weights
@@ -365,14 +365,8 @@ class BLT(nn.Module):
             from blt.hf import load_hf
 
             return load_hf(directory, data, backend).eval()
-        if kind != KIND:
-            raise CheckpointError(
-                f"{directory} holds a checkpoint of kind {kind!r}, not a BLT ({KIND!r} or transformers)"
-            )
-        if not isinstance(data.get("config"), dict):
-            raise CheckpointError(f"{directory}: config.json has no 'config' section")
+        config = typed_config(directory, data, KIND, BLTConfig, "a BLT (or a transformers BLT directory)")
         try:
-            config = from_dict(BLTConfig, data["config"])
             model = cls(config, backend)
         except ConfigError as e:
             raise CheckpointError(f"{directory}: bad BLT config: {e}") from None

@@ -24,8 +24,9 @@ from blt.checkpoint import (
     read_config,
     read_weights,
     save_pretrained,
+    typed_config,
 )
-from blt.config import ConfigError, EntropyModelConfig, check, from_dict, to_dict
+from blt.config import EntropyModelConfig, check, to_dict
 from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
 from blt.lm import CausalLM
 from blt.tokenizer import VOCAB_SIZE, check_ids
@@ -113,17 +114,7 @@ class EntropyModel(CausalLM):
         kind = checkpoint_kind(data)
         if kind == "hf-blt":
             return cls.from_hf_blt(directory, data, backend)
-        if kind != KIND:
-            raise CheckpointError(
-                f"{directory} holds a checkpoint of kind {kind!r}, not an entropy model ({KIND!r} or a "
-                "transformers BLT directory)"
-            )
-        if not isinstance(data.get("config"), dict):
-            raise CheckpointError(f"{directory}: config.json has no 'config' section for the entropy model")
-        try:
-            config = from_dict(EntropyModelConfig, data["config"])
-        except ConfigError as e:
-            raise CheckpointError(f"{directory}: bad entropy model config: {e}") from None
+        config = typed_config(directory, data, KIND, EntropyModelConfig, "an entropy model")
         model = cls(config, backend)
         load_state(model, read_weights(directory), str(directory))
         return model.eval()

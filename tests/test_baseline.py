@@ -152,7 +152,7 @@ def test_save_and_load_round_trip(tokenizer, tmp_path):
 def test_from_pretrained_refuses_another_kind(tokenizer, tmp_path):
     model = tiny_model(tokenizer)
     save_pretrained(tmp_path, model, "blt-entropy", {"dim": 32})
-    with pytest.raises(CheckpointError, match="'blt-entropy' checkpoint, not a BPE baseline"):
+    with pytest.raises(CheckpointError, match="kind 'blt-entropy', not a BPE baseline"):
         BaselineLM.from_pretrained(tmp_path)
 
 
