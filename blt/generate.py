@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from blt import patch_ops
 from blt.layers import KVCache, RMSNorm, Transformer, apply_rope
 from blt.model import decoder_patch_ids
-from blt.patch_ops import HASH_PRIMES, _wrap_int64
+from blt.patch_ops import HASH_PRIMES, wrap_int64
 from blt.patcher import StreamingPatcher, lengths_from_starts
 from blt.patcher.entropy_model import entropy_from_logits
 from blt.patcher.schemes import patch_starts, split_long_patches
@@ -61,7 +61,7 @@ class HashStep:
         self.reach = max(c.hash_ngram_sizes, default=1)
         columns = [
             [
-                _wrap_int64(prime ** (col - self.reach + n)) if col >= self.reach - n else 0
+                wrap_int64(prime ** (col - self.reach + n)) if col >= self.reach - n else 0
                 for col in range(self.reach)
             ]
             for prime in (HASH_PRIMES[f % len(HASH_PRIMES)] for f in range(c.hash_functions))

@@ -33,7 +33,7 @@ HASH_PRIMES = (
 )
 
 
-def _wrap_int64(x: int) -> int:
+def wrap_int64(x: int) -> int:
     """``x`` modulo 2**64 as a signed int64: the value int64 tensor arithmetic wraps to."""
     x %= 1 << 64
     return x - (1 << 64) if x >= 1 << 63 else x
@@ -58,7 +58,7 @@ def hash_ngram_indices(
             padded = F.pad(ids, (n - 1, 0))  # [B, T + n - 1], id 0 before the start
             h = torch.zeros(B, T, dtype=torch.long, device=ids.device)
             for j in range(n):
-                h = h + padded[:, j : j + T] * _wrap_int64(prime**j)
+                h = h + padded[:, j : j + T] * wrap_int64(prime**j)
             tables.append(torch.remainder(h, hash_vocab) + len(tables) * hash_vocab)
     if not tables:
         return torch.zeros(B, T, 0, dtype=torch.long, device=ids.device)

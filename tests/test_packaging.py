@@ -1,5 +1,6 @@
 """A regular (non-editable) install puts everything under `blt` and works from any directory."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,8 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_wheel_installs_only_the_blt_namespace(tmp_path):
+    # build from a copy: setuptools leaves build/ and *.egg-info next to the sources it builds
+    junk = shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", ".*cache", ".hypothesis")
+    source = shutil.copytree(ROOT, tmp_path / "src", ignore=junk)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
     )
