@@ -12,6 +12,7 @@ prints the merged YAML and exits; ``--help`` lists every field with its document
 from __future__ import annotations
 
 import sys
+import logging
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -185,14 +186,26 @@ def say_sample(run: RunConfig, model_dir: Path) -> None:
 
 
 # Lightning warnings that do not apply here: the BLT's patcher is frozen in eval mode on purpose, and run
-# directories legitimately hold earlier logs (a resumed run appends to metrics.csv)
-QUIET = (r".*module\(s\) in eval mode.*", r"Experiment logs directory .* exists and is not empty.*")
+# directories legitimately hold earlier logs (a resumed run appends to metrics.csv); a deprecation inside
+# Lightning itself under newer torch, which users cannot act on
+QUIET = (
+    r".*module\(s\) in eval mode.*",
+    r"Experiment logs directory .* exists and is not empty.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+)
+
+
+def no_advertising(record: logging.LogRecord) -> bool:
+    """Drop Lightning's 'Tip' advertisement for its cloud logger from the run's output."""
+    return not record.getMessage().startswith("\N{ELECTRIC LIGHT BULB} Tip:")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     for pattern in QUIET:
         warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(no_advertising)
     try:
         command, flags, overrides = parse_args(argv)
         if flags.get("--help"):
