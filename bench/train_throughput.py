@@ -31,19 +31,8 @@ from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized
 from blt.model import BLT
 from blt.patcher import EntropyModel, patch_lengths
 from blt.tokenizer import OFFSET, PAD_ID
+from blt.training.callbacks import measured_cpu_peak
 from blt.training.config import load_run_config
-
-
-def matmul_peak(n: int = 1024, repeats: int = 10) -> float:
-    """Best fp32 FLOP/s of an n x n matmul on this machine right now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm the kernels and caches
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 @dataclass
@@ -182,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     # the machine is shared: interleave models and the peak over rounds and keep each one's best
     peak = 0.0
     for _ in range(args.rounds):
-        peak = max(peak, matmul_peak())
+        peak = max(peak, measured_cpu_peak())
         for job, opt in zip(jobs, optimizers):
             job.seconds_per_step = min(job.seconds_per_step, time_steps(job, opt, args.steps))
     report(jobs, peak, args)

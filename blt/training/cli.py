@@ -11,8 +11,8 @@ prints the merged YAML and exits; ``--help`` lists every field with its document
 
 from __future__ import annotations
 
-import sys
 import logging
+import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path

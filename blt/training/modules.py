@@ -8,6 +8,7 @@ position and counters that make ``--resume`` exact, and the FLOP count of the su
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ def adamw(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps)
 
 
-class LMTask(L.LightningModule):
+class LMTask(L.LightningModule, ABC):
     """Base task: subclasses build ``self.model`` and define :meth:`score` and the FLOPs per byte."""
 
     kind: str
@@ -70,16 +71,16 @@ class LMTask(L.LightningModule):
 
     # -- to be defined by each task
 
-    def build_model(self) -> nn.Module:
-        raise NotImplementedError
+    @abstractmethod
+    def build_model(self) -> nn.Module: ...
 
+    @abstractmethod
     def score(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Sums over the batch: ``nll`` (nats), ``tokens`` (predicted ids), ``bytes`` (bytes of text)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def flop_count(self):
         """:class:`blt.eval.flops.FlopCount` of the model as trained so far (context: one window)."""
-        raise NotImplementedError
 
     def summary_extras(self) -> dict[str, Any]:
         return {}
