@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "model.pth")
 
 
@@ -94,15 +96,35 @@ def typed_config(directory: str | Path, data: dict[str, Any], kind: str, config_
         raise CheckpointError(f"{directory}: bad {what} config: {e}") from None
 
 
-def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint: safetensors if present, else a pickle file read with ``weights_only=True``."""
+def _safetensor_files(directory: Path) -> list[Path]:
+    """The safetensors file, or the shards a ``model.safetensors.index.json`` names (released 7B-size layout)."""
+    index = directory / INDEX_NAME
+    if not index.is_file():
+        return [directory / WEIGHTS_NAME] if (directory / WEIGHTS_NAME).is_file() else []
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {e}") from None
+    missing = [name for name in shards if not (directory / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{directory}: weight shard {missing[0]} named in {INDEX_NAME} is missing")
+    return [directory / name for name in shards]
+
+
+def read_weights(directory: str | Path, keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint: safetensors (one file or index + shards) if present, else a pickle file read
+    with ``weights_only=True``. ``keep(name)`` selects tensors; safetensors never loads the others."""
     directory = Path(directory)
-    path = directory / WEIGHTS_NAME
-    if path.is_file():
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    files = _safetensor_files(directory)
+    if files:
+        state = {}
+        for path in files:
+            try:
+                with safe_open(path, framework="pt") as f:
+                    state.update({k: f.get_tensor(k) for k in f.keys() if keep is None or keep(k)})  # noqa: SIM118
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+        return state
     for name in PICKLE_NAMES:
         path = directory / name
         if path.is_file():
@@ -114,8 +136,8 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
                 ) from None
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
                 raise CheckpointError(f"{path} does not hold a flat dict of tensors")
-            return state
-    raise CheckpointError(f"no {WEIGHTS_NAME} in checkpoint directory {directory}")
+            return {k: v for k, v in state.items() if keep is None or keep(k)}
+    raise CheckpointError(f"no {WEIGHTS_NAME} (or {INDEX_NAME}) in checkpoint directory {directory}")
 
 
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

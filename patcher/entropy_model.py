@@ -9,15 +9,12 @@ same result as one pass.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 from blt.checkpoint import (
-    WEIGHTS_NAME,
     CheckpointError,
     checkpoint_kind,
     load_state,
@@ -32,7 +29,6 @@ from blt.lm import CausalLM
 from blt.tokenizer import VOCAB_SIZE, check_ids
 
 KIND = "blt-entropy"
-HF_INDEX_NAME = "model.safetensors.index.json"
 HF_PATCHER_PREFIXES = ("model.patcher.", "patcher.")
 
 
@@ -152,20 +148,7 @@ def hf_patcher_config(hf: dict) -> dict:
 
 def read_hf_patcher_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Only the patcher tensors of a (possibly sharded) transformers BLT checkpoint, prefix stripped."""
-    index = directory / HF_INDEX_NAME
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-    elif (directory / WEIGHTS_NAME).is_file():
-        shards = [WEIGHTS_NAME]
-    else:  # a pickle checkpoint: read_weights loads it safely (weights_only) or names what is missing
-        return strip_patcher_prefix(read_weights(directory), directory)
-    state = {}
-    for shard in shards:
-        if not (directory / shard).is_file():
-            raise CheckpointError(f"{directory}: weight shard {shard} named in {HF_INDEX_NAME} is missing")
-        with safe_open(directory / shard, framework="pt") as f:  # reads only the tensors asked for
-            wanted = [k for k in list(f.keys()) if k.startswith(HF_PATCHER_PREFIXES)]
-            state.update({k: f.get_tensor(k) for k in wanted})
+    state = read_weights(directory, keep=lambda name: name.startswith(HF_PATCHER_PREFIXES))
     return strip_patcher_prefix(state, directory)
 
 

@@ -109,6 +109,20 @@ def test_logits_match_transformers(tmp_path, shape):
         )
 
 
+def test_sharded_checkpoint_loads(tmp_path):
+    """Large released checkpoints come as an index + shards (transformers' max_shard_size)."""
+    hf = hf_blt(seed=3)
+    hf.save_pretrained(tmp_path, max_shard_size="200KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file() and len(list(tmp_path.glob("*.safetensors"))) > 2
+    model = BLT.from_pretrained(tmp_path)
+    ids = random_ids(1, 40, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
+    next(tmp_path.glob("model-00002-*.safetensors")).unlink()
+    with pytest.raises(CheckpointError, match="shard model-00002.* is missing"):
+        BLT.from_pretrained(tmp_path)
+
+
 def test_export_to_transformers(tmp_path):
     model = tiny_blt()
     model.save_pretrained(tmp_path / "hf", format="hf")
