@@ -164,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data", help="a text file whose bytes are used as ids (default: random bytes)")
     args = parser.parse_args(argv)
+    if args.reps < 1 or args.threads < 1 or any(T < 1 for T in args.lengths or []):
+        parser.error("--reps, --threads and every --lengths value must be >= 1")
+    if args.data is not None and not Path(args.data).is_file():
+        parser.error(f"--data: file not found: {args.data}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (the Triton kernels need one)")
     shape = SHAPES[args.device]

@@ -13,6 +13,7 @@ The weights are random unless --model is given: throughput does not depend on th
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 
@@ -27,6 +28,8 @@ WORDS = ["the", "of", "and", "to", "in", "is", "that", "it", "was", "for", "on",
 
 def load_text(path: str | None, n_bytes: int) -> bytes:
     if path is not None:
+        if not os.path.isfile(path):
+            raise SystemExit(f"--data: file not found: {path}")
         with open(path, "rb") as f:
             data = f.read(n_bytes)
         if len(data) < n_bytes:
@@ -41,7 +44,10 @@ def build_model(args: argparse.Namespace) -> EntropyModel:
     if args.model:
         return EntropyModel.from_pretrained(args.model)
     if args.config:
-        config = from_dict(EntropyModelConfig, load_yaml(args.config).get("entropy") or {})
+        section = load_yaml(args.config).get("entropy")
+        if not isinstance(section, dict):
+            raise SystemExit(f"{args.config} has no `entropy` section")
+        config = from_dict(EntropyModelConfig, section, prefix="entropy.")
     else:
         config = EntropyModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, window=args.window,
                                     max_seq_len=max(args.seq_len, args.stream_bytes))
@@ -85,6 +91,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
+    if min(args.batch, args.seq_len, args.repeats) < 1 or args.stream_bytes < 4:
+        p.error("--batch, --seq-len and --repeats must be >= 1 and --stream-bytes >= 4 (quarters of the stream)")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model(args)

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from blt.config import PatchingConfig
+from blt.checkpoint import CheckpointError
+from blt.config import ConfigError, PatchingConfig
 from blt.data import PackedBatches
 from blt.eval.flops import blt_flops_per_byte, tokenized_flops_per_byte
 from blt.patcher import EntropyModel, calibrate_threshold, patch_lengths
@@ -150,6 +151,15 @@ def parse_args(argv: list[str] | None):
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.budget is not None and not args.budget > 0:
         parser.error(f"--budget must be > 0, got {args.budget}")
+    # checked now, not after the entropy model has trained
+    try:
+        args.patch_sizes = [float(s) for s in args.patch_sizes.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--patch-sizes must be comma-separated numbers, got {args.patch_sizes!r}")
+    if not all(size >= 1 for size in args.patch_sizes):
+        parser.error(f"--patch-sizes must all be >= 1 (bytes per patch), got {args.patch_sizes}")
+    if Path(args.data).exists():  # the commands run in the repository root, not in the caller's folder
+        args.data = str(Path(args.data).resolve())
     return args, user
 
 
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     if not entropy_dir.is_dir():
         print("dry run: no entropy model yet, so no calibrated thresholds and budgets")
         return
-    jobs = patchings(entropy_dir, config, [float(s) for s in args.patch_sizes.split(",") if s], args.static)
+    jobs = patchings(entropy_dir, config, args.patch_sizes, args.static)
     budget = args.budget or args.baseline_steps * baseline_step_flops(config)
     print(f"\ntraining budget per model: {budget:.3g} FLOPs")
 
@@ -233,3 +243,5 @@ if __name__ == "__main__":
         main()
     except subprocess.CalledProcessError as e:
         sys.exit(f"study stopped: a command failed with exit code {e.returncode}: {shlex.join(e.cmd)}")
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+        sys.exit(f"study: error: {e}")

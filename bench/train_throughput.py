@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from blt.baseline import BaselineLM, train_tokenizer
-from blt.config import PatchingConfig
+from blt.config import ConfigError, PatchingConfig
 from blt.data import PackedBatches, iter_documents
 from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
 from blt.model import BLT
@@ -156,11 +156,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args, overrides = parser.parse_known_args(argv)
+    for name in ("steps", "rounds", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
     if args.data is not None:
         overrides += ["--data.source", args.data]
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    run = load_run_config(Path(__file__).resolve().parent.parent / args.config, overrides)
+    try:
+        run = load_run_config(Path(__file__).resolve().parent.parent / args.config, overrides)
+    except ConfigError as e:
+        parser.exit(2, f"train_throughput: error: {e}\n")
     torch.manual_seed(0)
     batches = byte_batches(run, 4)
     jobs = [blt_job(run, batches), baseline_job(run, 4), entropy_job(run, batches)]

@@ -103,7 +103,7 @@ def _safetensor_files(directory: Path) -> list[Path]:
         return [directory / WEIGHTS_NAME] if (directory / WEIGHTS_NAME).is_file() else []
     try:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, AttributeError) as e:
+    except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {e}") from None
     missing = [name for name in shards if not (directory / name).is_file()]
     if missing:

@@ -78,8 +78,13 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         return value
     if origin in (list, tuple):
         (item_tp, *_) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{name}: {value!r} is not a valid list (write [3, 4] or 3,4)") from None
+        elif isinstance(value, str):
+            value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         items = [_coerce(v, item_tp, f"{name}[{i}]") for i, v in enumerate(value)]
@@ -135,6 +140,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     """Build config ``cls`` from a (nested) dict; unknown keys and bad values raise :class:`ConfigError`."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: expected a mapping of keys, got {data!r}")
     data = dict(data or {})
     types_ = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -148,6 +155,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
         return cls(**kwargs)
     except TypeError as e:  # a required field without a value
         raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {e}") from None
+    except ConfigError as e:  # a check of __post_init__: say which section it is about
+        if not prefix or str(e).startswith(prefix):
+            raise
+        raise ConfigError(f"{prefix.rstrip('.')}: {e}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -266,6 +277,11 @@ class TransformerConfig:
         check(self.dim > 0 and self.n_layers >= 0 and self.n_heads > 0, "dim, n_heads must be > 0, n_layers >= 0")
         check(self.dim % self.n_heads == 0, f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         check((self.dim // self.n_heads) % 2 == 0, f"head dim {self.dim // self.n_heads} must be even for RoPE")
+        check(
+            self.n_kv_heads is None or self.n_kv_heads > 0,
+            f"n_kv_heads must be > 0 or None, got {self.n_kv_heads}",
+        )
+        check(self.ffn_dim is None or self.ffn_dim > 0, f"ffn_dim must be > 0 or None, got {self.ffn_dim}")
         kv = self.kv_heads
         check(kv > 0 and self.n_heads % kv == 0, f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({kv})")
         check(self.window is None or self.window > 0, f"window must be positive or None, got {self.window}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         "--to", choices=("hf", "blt"), default=None, help="output layout (default: the other one)"
     )
     args = parser.parse_args(argv)
+    if Path(args.dst).resolve() == Path(args.src).resolve():
+        print("blt-convert: error: DST must differ from SRC (SRC would be overwritten)", file=sys.stderr)
+        return 1
     try:
         fmt = args.to or ("blt" if checkpoint_kind(read_config(args.src)) == "hf-blt" else "hf")
         model = BLT.from_pretrained(args.src)

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -329,10 +330,13 @@ class PackedBatches(torch.utils.data.IterableDataset):
         """Continue after the batches counted in ``state``; refuse a state of another corpus or layout."""
         if "batch" not in state:
             raise ValueError("not a PackedBatches state: no 'batch' entry")
+        batch = state["batch"]
+        if isinstance(batch, bool) or not isinstance(batch, Integral) or batch < 0:
+            raise ValueError(f"not a PackedBatches state: 'batch' must be an integer >= 0, got {batch!r}")
         for name, value in self._identity().items():
             if name in state and state[name] != value:
                 raise ValueError(
                     f"cannot resume the data loader: the saved state has {name}={state[name]!r} but this run has "
                     f"{name}={value!r}" + (" (the split's content changed)" if name == "data" else "")
                 )
-        self.batch = int(state["batch"])
+        self.batch = int(batch)

@@ -21,6 +21,8 @@ ordinary forward, then its caches are copied into the batch's buffers.
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 import torch.nn.functional as F
 
@@ -496,7 +498,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    stop: bytes | None = None,
+    stop: bytes | str | None = None,
     seed: int | None = None,
     use_cache: bool = True,
 ):
@@ -504,19 +506,24 @@ def generate(
 
     ``prompt``: str / bytes (BOS is added; returns the new bytes), a list of them (returns a list of bytes),
     or ids as a LongTensor [T] / [B, T] or a list of [T] tensors, used exactly as given (returns the new
-    ids as a tensor / list of tensors). A row stops after EOS or any byte in ``stop`` (kept in the output).
+    ids as a tensor / list of tensors). A row stops after EOS or any byte in ``stop`` (bytes, or a str
+    read as its UTF-8 bytes; the stopping byte is kept in the output).
     ``temperature=0`` is greedy; ``seed`` makes sampling reproducible (row i uses seed + i).
     ``use_cache=False`` recomputes the whole forward for every byte (the reference).
     """
     rows, kind = _prompt_rows(prompt)
-    if max_new_bytes < 0:
-        raise ValueError(f"max_new_bytes must be >= 0, got {max_new_bytes}")
-    if temperature < 0:
+    if not isinstance(max_new_bytes, Integral) or max_new_bytes < 0:
+        raise ValueError(f"max_new_bytes must be an integer >= 0, got {max_new_bytes!r}")
+    if not temperature >= 0:  # written so that NaN fails too
         raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k <= 0:
-        raise ValueError(f"top_k must be positive or None, got {top_k}")
+    if top_k is not None and (not isinstance(top_k, Integral) or top_k <= 0):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    if isinstance(stop, str):
+        stop = stop.encode("utf-8")
+    if stop is not None and not isinstance(stop, (bytes, bytearray)):
+        raise ValueError(f"stop must be bytes, str or None, got {type(stop).__name__}")
     stop_ids = {EOS_ID} | {b + OFFSET for b in (stop or b"")}
     limit = min(model.config.encoder.max_seq_len, model.config.decoder.max_seq_len)
     device = next(model.parameters()).device

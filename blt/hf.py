@@ -111,6 +111,9 @@ def config_from_hf(hf: dict[str, Any]) -> BLTConfig:
 
     k = hf.get("cross_attn_k", 2)
     enc_hf, dec_hf, glob_hf = (hf.get(n) or {} for n in ("encoder_config", "decoder_config", "global_config"))
+    for name, sub in (("encoder_config", enc_hf), ("decoder_config", dec_hf), ("global_config", glob_hf)):
+        if not isinstance(sub, dict):
+            raise CheckpointError(f"transformers BLT config: {name} must be a JSON object, got {sub!r}")
     for name, sub in (("encoder_config", enc_hf), ("decoder_config", dec_hf)):
         if sub.get("cross_attn_k", k) != k:
             raise CheckpointError(

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from blt.attention import causal_attention
+from blt.attention import BACKENDS, causal_attention
 from blt.config import TransformerConfig
 
 
@@ -86,6 +86,8 @@ class KVCache:
 class SelfAttention(nn.Module):
     def __init__(self, config: TransformerConfig, backend: str = "sdpa"):
         super().__init__()
+        if backend not in BACKENDS:  # fail when the model is built, not at its first forward
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
         self.n_heads, self.n_kv, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
         self.window, self.dropout, self.backend = config.window, config.dropout, backend
         self.q_proj = nn.Linear(config.dim, self.n_heads * self.head_dim, bias=False)

@@ -337,7 +337,7 @@ class BLT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        stop: bytes | None = None,
+        stop: bytes | str | None = None,
         seed: int | None = None,
         use_cache: bool = True,
     ):

@@ -31,12 +31,22 @@ def encode(text: str | bytes, add_bos: bool = True, add_eos: bool = False) -> li
     return ([BOS_ID] if add_bos else []) + ids + ([EOS_ID] if add_eos else [])
 
 
-def check_ids(ids: torch.Tensor | np.ndarray | Iterable[int], vocab_size: int = VOCAB_SIZE) -> None:
-    """Raise ValueError naming the first id outside ``0..vocab_size-1``."""
+def _flat(ids: torch.Tensor | np.ndarray | Iterable[int]) -> np.ndarray:
+    """``ids`` as a flat integer array; floats, bools and other non-integer values are a ValueError."""
     if isinstance(ids, torch.Tensor):
-        arr = ids.detach().cpu().numpy().reshape(-1)
-    else:
-        arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids)).reshape(-1)
+        ids = ids.detach().cpu()
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise ValueError(f"ids must be integers, got a tensor of dtype {ids.dtype}")
+        return ids.numpy().reshape(-1)
+    arr = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids)).reshape(-1)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got values of dtype {arr.dtype}")
+    return arr
+
+
+def check_ids(ids: torch.Tensor | np.ndarray | Iterable[int], vocab_size: int = VOCAB_SIZE) -> None:
+    """Raise ValueError for non-integer ids or naming the first id outside ``0..vocab_size-1``."""
+    arr = _flat(ids)
     bad = np.flatnonzero((arr < 0) | (arr >= vocab_size))
     if bad.size:
         raise ValueError(
@@ -46,11 +56,9 @@ def check_ids(ids: torch.Tensor | np.ndarray | Iterable[int], vocab_size: int = 
 
 def decode(ids: torch.Tensor | Iterable[int]) -> bytes:
     """The bytes behind ``ids``; special ids (BOS, EOS, padding, delimiter) are dropped."""
-    if isinstance(ids, torch.Tensor):
-        ids = ids.reshape(-1).tolist()
-    ids = list(ids)
-    check_ids(ids)
-    return bytes(i - OFFSET for i in ids if i >= OFFSET)
+    arr = _flat(ids)
+    check_ids(arr)
+    return (arr[arr >= OFFSET] - OFFSET).astype(np.uint8).tobytes()
 
 
 def decode_text(ids: torch.Tensor | Iterable[int], errors: str = "replace") -> str:

@@ -45,7 +45,7 @@ class ByteLMScorer:
 
     def __init__(self, model: torch.nn.Module, context: int | None = None):
         self.model = model
-        self.context = model.config.max_seq_len if context is None else context
+        self.context = checked_context(context, model.config)
 
     def encode(self, document: bytes) -> list[int]:
         return encode(document, add_bos=True)
@@ -69,7 +69,7 @@ class BLTScorer:
         self.model = model
         c = model.config
         limit = min(c.encoder.max_seq_len, c.decoder.max_seq_len, c.global_transformer.max_seq_len)
-        self.context = limit if context is None else context
+        self.context = limit if context is None else context  # the BLT itself refuses longer inputs
         self.patching = patching  # None: the model's own patching
 
     def encode(self, document: bytes) -> list[int]:
@@ -109,7 +109,7 @@ class BaselineScorer:
 
     def __init__(self, model: torch.nn.Module, context: int | None = None):
         self.model = model
-        self.context = model.config.max_seq_len if context is None else context
+        self.context = checked_context(context, model.config)
 
     def encode(self, document: bytes) -> list[int]:
         return self.model.encode(document, add_bos=True)
@@ -121,6 +121,22 @@ class BaselineScorer:
         config = self.model.config
         context_bytes = self.context * bytes_per_unit
         return _flops_dict(tokenized_flops_per_byte(config, config.vocab_size, context_bytes, bytes_per_unit))
+
+
+def checked_context(context: int | None, config) -> int:
+    """Window length in ids of a causal LM with ``config`` (a TransformerConfig): default max_seq_len.
+
+    Longer windows are refused under full attention (positions past max_seq_len were never trained); a
+    sliding-window model only ever sees ``window`` positions back, so any length is fine.
+    """
+    if context is None:
+        return config.max_seq_len
+    if context > config.max_seq_len and config.window is None:
+        raise ValueError(
+            f"context {context} is longer than the model's max_seq_len ({config.max_seq_len} ids) and its "
+            "attention is not windowed"
+        )
+    return context
 
 
 def _flops_dict(flops) -> dict[str, float]:

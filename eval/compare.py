@@ -47,9 +47,14 @@ def read_run(directory: str | Path) -> Run:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(summary).__name__}")
     missing = [k for k in REQUIRED if k not in summary]
     if missing:
         raise ValueError(f"{path} lacks the key {missing[0]!r} (needs {', '.join(REQUIRED)})")
+    for key in REQUIRED[1:]:  # every key but kind is a number
+        if not isinstance(summary[key], (int, float)) or isinstance(summary[key], bool):
+            raise ValueError(f"{path}: {key} must be a number, got {summary[key]!r}")
     kind = str(summary["kind"])
     unit = {"blt": "mean_patch_size", "baseline": "bytes_per_token"}.get(kind)
     return Run(

@@ -46,7 +46,8 @@ class _Entropy(torch.autograd.Function):
         ctx.save_for_backward(logits)
         rows = logits.reshape(-1, logits.shape[-1])
         step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
-        h = torch.cat([_entropy_chunk(rows[i : i + step]) for i in range(0, rows.shape[0], step)])
+        chunks = [_entropy_chunk(rows[i : i + step]) for i in range(0, rows.shape[0], step)]
+        h = torch.cat(chunks) if chunks else rows.new_zeros(0, dtype=torch.float32)  # no rows: empty batch
         return h.view(logits.shape[:-1])
 
     @staticmethod
@@ -54,7 +55,7 @@ class _Entropy(torch.autograd.Function):
         (logits,) = ctx.saved_tensors
         rows, g = logits.reshape(-1, logits.shape[-1]), grad.reshape(-1, 1).float()
         step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
-        parts = []
+        parts = [rows[:0]]  # keeps torch.cat defined without rows
         for i in range(0, rows.shape[0], step):
             parts.append(_entropy_grad_chunk(rows[i : i + step], g[i : i + step]).to(logits.dtype))
         return torch.cat(parts).view(logits.shape)

@@ -46,7 +46,7 @@ def pad_documents(docs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.T
     out = torch.zeros(len(docs), max(d.numel() for d in docs), dtype=dtype)
     valid = torch.zeros(out.shape, dtype=torch.bool)
     for i, d in enumerate(docs):
-        out[i, : d.numel()] = d.reshape(-1)
+        out[i, : d.numel()] = d
         valid[i, : d.numel()] = True
     return out, valid
 
@@ -102,12 +102,19 @@ def calibrate_threshold(
     patching = patching or PatchingConfig()
     if patching.scheme not in ENTROPY_SCHEMES:
         raise ConfigError(f"only entropy schemes {list(ENTROPY_SCHEMES)} have a threshold; got {patching.scheme!r}")
-    if math.isnan(target_patch_size) or target_patch_size < 1:
-        raise ValueError(f"target_patch_size must be >= 1 (positions per patch), got {target_patch_size}")
+    if not math.isfinite(target_patch_size) or target_patch_size < 1:
+        raise ValueError(f"target_patch_size must be a finite number >= 1 (positions per patch), got {target_patch_size}")
     if not ids or len(ids) != len(entropies):
         raise ValueError(f"need the same positive number of id and entropy documents, got {len(ids)} and {len(entropies)}")
-    if any(i.numel() == 0 or i.numel() != e.numel() for i, e in zip(ids, entropies)):
-        raise ValueError("every document needs at least one id and one entropy per id")
+    for n, (i, e) in enumerate(zip(ids, entropies)):
+        # a [1, T] row would pass as a document; a [B, T] batch would silently become one long document
+        if i.dim() != 1 or e.shape != i.shape or i.numel() == 0:
+            raise ValueError(
+                f"document {n}: ids and entropies must be non-empty 1-D tensors of one length "
+                f"(one row per document), got shapes {tuple(i.shape)} and {tuple(e.shape)}"
+            )
+        if not torch.isfinite(e).all():
+            raise ValueError(f"document {n}: entropies must be finite, got NaN or inf")
     ids_b, valid = pad_documents(ids, torch.long)
     ent_b, _ = pad_documents(entropies, torch.float32)
 

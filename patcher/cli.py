@@ -28,7 +28,9 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(PatchingConfig)}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="blt-patch", description="Patch bytes with a BLT patching scheme.")
+    p = argparse.ArgumentParser(
+        prog="blt-patch", description="Patch bytes with a BLT patching scheme.", allow_abbrev=False
+    )
     p.add_argument("file", nargs="?", help="file whose raw bytes are patched")
     p.add_argument("--text", help="patch this string (UTF-8) instead of a file")
     p.add_argument("--model", help="entropy model directory (ours, or a transformers BLT); entropy schemes need it")
@@ -55,7 +57,7 @@ def read_input(args: argparse.Namespace) -> bytes:
     if (args.file is None) == (args.text is None):
         raise ValueError("give either a FILE or --text")
     if args.text is not None:
-        data = args.text.encode("utf-8")
+        data = args.text.encode("utf-8", "surrogateescape")  # non-UTF-8 argv bytes come back unchanged
     else:
         path = Path(args.file)
         if not path.is_file():
@@ -75,15 +77,28 @@ def target_patch_size(args: argparse.Namespace) -> float | None:
     if args.target_patch_size is not None and args.target_global_share is not None:
         raise ValueError("give at most one of --target-patch-size and --target-global-share")
     if args.target_global_share is None:
+        if args.config is not None:
+            raise ValueError("--config is only read with --target-global-share")
         return args.target_patch_size
     if args.config is None:
         raise ValueError("--target-global-share needs --config FILE with the `blt` section of the model")
-    config = from_dict(BLTConfig, load_yaml(args.config).get("blt"), prefix="blt.")
+    section = load_yaml(args.config).get("blt")
+    if not isinstance(section, dict):
+        raise ValueError(f"{args.config} has no `blt` section (a mapping of the BLT's config)")
+    config = from_dict(BLTConfig, section, prefix="blt.")
     return patch_size_for_global_share(config, args.target_global_share)
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Fail before the model runs, not after, when a picture cannot be written."""
+    for flag, path in (("--html", args.html), ("--png", args.png)):
+        if path is not None and not Path(path).parent.is_dir():
+            raise ValueError(f"{flag}: directory {Path(path).parent} does not exist")
 
 
 def run(args: argparse.Namespace) -> str:
     data = read_input(args)
+    check_output_paths(args)
     patching = PatchingConfig(
         scheme=args.scheme,
         threshold=args.threshold,
@@ -93,6 +108,8 @@ def run(args: argparse.Namespace) -> str:
     )
     if args.scheme in ENTROPY_SCHEMES and args.model is None:
         raise ValueError(f"scheme {args.scheme!r} needs an entropy model: pass --model DIR")
+    if args.chunk_size is not None and args.model is None:
+        raise ValueError("--chunk-size sets how the entropy model runs; it needs --model DIR")
     target = target_patch_size(args)
     if target is not None and args.scheme not in ENTROPY_SCHEMES:
         raise ValueError(f"calibration sets a threshold; scheme {args.scheme!r} has none")
@@ -126,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(run(args))
-    except ValueError as e:  # ConfigError and CheckpointError included: user errors, no traceback
+    except (ValueError, OSError) as e:  # ConfigError, CheckpointError, unreadable/unwritable files: no traceback
         print(f"blt-patch: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -23,7 +23,7 @@ from blt.checkpoint import (
     save_pretrained,
     typed_config,
 )
-from blt.config import EntropyModelConfig, check, to_dict
+from blt.config import ConfigError, EntropyModelConfig, check, to_dict
 from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
 from blt.lm import CausalLM
 from blt.tokenizer import VOCAB_SIZE, check_ids
@@ -87,12 +87,14 @@ class EntropyModel(CausalLM):
         max_seq_len) run chunk by chunk with a KV cache; with a sliding window this is exact.
         """
         check_input_ids(ids)
+        ids = ids.long()  # the embedding takes int32/int64 only; uint8 or int16 ids are fine otherwise
         if segments is not None:
-            if segments.shape != ids.shape:
-                raise ValueError(f"segments shape {tuple(segments.shape)} must equal ids shape {tuple(ids.shape)}")
+            if not isinstance(segments, torch.Tensor) or segments.shape != ids.shape:
+                shape = tuple(getattr(segments, "shape", ()))
+                raise ValueError(f"segments must be a tensor of the ids' shape {tuple(ids.shape)}, got {shape}")
             positions = segment_positions(segments)
             return fused_entropy(self(ids, positions=positions, segments=segments))
-        chunk_size = chunk_size or self.config.max_seq_len
+        chunk_size = self.config.max_seq_len if chunk_size is None else chunk_size
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         if ids.shape[1] <= chunk_size:
@@ -111,7 +113,10 @@ class EntropyModel(CausalLM):
         if kind == "hf-blt":
             return cls.from_hf_blt(directory, data, backend)
         config = typed_config(directory, data, KIND, EntropyModelConfig, "an entropy model")
-        model = cls(config, backend)
+        try:
+            model = cls(config, backend)
+        except ConfigError as e:  # e.g. a vocab_size other than 260
+            raise CheckpointError(f"{directory}: bad entropy model config: {e}") from None
         load_state(model, read_weights(directory), str(directory))
         return model.eval()
 
@@ -121,9 +126,11 @@ class EntropyModel(CausalLM):
         hf = data.get("patcher_config")
         if not isinstance(hf, dict):
             raise CheckpointError(f"{directory}: transformers BLT config has no patcher_config (no bundled patcher)")
-        config = EntropyModelConfig(**hf_patcher_config(hf))
+        try:
+            model = cls(EntropyModelConfig(**hf_patcher_config(hf)), backend)
+        except ConfigError as e:
+            raise CheckpointError(f"{directory}: bad patcher_config: {e}") from None
         state = read_hf_patcher_weights(Path(directory))
-        model = cls(config, backend)
         load_state(model, from_hf(state, ENTROPY_MODEL_RULES), f"{directory} (patcher)")
         return model.eval()
 
@@ -137,7 +144,8 @@ def hf_patcher_config(hf: dict) -> dict:
         "n_layers": hf.get("num_hidden_layers", 14),
         "n_heads": hf.get("num_attention_heads", 12),
         "n_kv_heads": hf.get("num_key_value_heads"),
-        "ffn_dim": hf.get("intermediate_size") or int(8 * dim / 3),
+        # as BltPatcherConfig: an absent key means its class default 2048; only 0 (or None) means 8/3 of the width
+        "ffn_dim": hf.get("intermediate_size", 2048) or int(8 * dim / 3),
         "window": hf.get("sliding_window", 512),
         "max_seq_len": hf.get("max_position_embeddings", 8192),
         "norm_eps": hf.get("rms_norm_eps", 1e-5),

@@ -48,7 +48,7 @@ def _visible(char: str) -> str:
         return "\u2192"
     if char.isprintable():
         return char
-    return f"\\x{ord(char):02x}"
+    return repr(char)[1:-1]  # Python's escape: \x00, \r, \u200b, ...
 
 
 def byte_shades(entropies: torch.Tensor | None, n: int) -> list[float | None]:
@@ -74,7 +74,7 @@ def html_page(data: bytes, starts: torch.Tensor, entropies: torch.Tensor | None,
             f'<span class="{cls}" style="background: rgba(220, 40, 40, {alpha:.3f})" '
             f'title="{html.escape(tip)}">{html.escape(label)}</span>'
         )
-        if label == "\u21b5":
+        if data[t - 1] == ord("\n"):  # the byte, not its label: a literal "\u21b5" in the text is no line break
             spans.append("<br>")
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -112,6 +112,8 @@ def write_png(path: str | Path, data: bytes, starts: torch.Tensor, entropies: to
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if len(data) > PNG_MAX_BYTES:
+        title += f" (first {PNG_MAX_BYTES} of {len(data)} bytes)"
     data = data[:PNG_MAX_BYTES]
     n = len(data)
     labels, shades, begins = byte_labels(data), byte_shades(entropies, n), starts[1 : n + 1].tolist()

@@ -123,6 +123,8 @@ def split_long_patches(
 
 def lengths_from_starts(starts: torch.Tensor, max_patch_length: int | None = None) -> torch.Tensor:
     """Start mask [B, T] -> patch lengths [B, P] (rows right-padded with 0, each summing to T)."""
+    if starts.dim() != 2 or starts.numel() == 0:
+        raise ValueError(f"starts must be a non-empty [batch, time] mask, got shape {tuple(starts.shape)}")
     starts = starts.clone()
     starts[:, 0] = True
     if max_patch_length is not None:

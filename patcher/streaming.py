@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 
 from blt.config import ConfigError, PatchingConfig
-from blt.tokenizer import VOCAB_SIZE, check_ids
 
-from .entropy_model import EntropyModel, entropy_from_logits
+from .entropy_model import EntropyModel, check_input_ids, fused_entropy
 from .schemes import ENTROPY_SCHEMES, SCHEMES, lengths_from_starts, patch_starts, split_long_patches
 
 TAIL = 2  # the rules look back this many positions
@@ -62,14 +61,12 @@ class StreamingPatcher:
     @torch.no_grad()
     def feed(self, ids: torch.Tensor) -> torch.Tensor:
         """Feed ids [B, n] (a prompt, or one step when n == 1); returns their start mask [B, n]."""
-        if ids.dim() != 2 or ids.shape[0] != self.batch_size:
-            raise ValueError(f"feed takes ids [{self.batch_size}, n], got shape {tuple(ids.shape)}")
-        if ids.shape[1] == 0:
-            raise ValueError("empty input: feed needs at least one id per row")
-        check_ids(ids, VOCAB_SIZE)
-        ids = ids.to(self.tail_ids.device)
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != self.batch_size:
+            raise ValueError(f"feed takes ids [{self.batch_size}, n], got shape {tuple(getattr(ids, 'shape', ()))}")
+        check_input_ids(ids)
+        ids = ids.to(self.tail_ids.device, torch.long)
         if self.model is not None:
-            entropies = entropy_from_logits(self.model(ids, cache=self.cache))
+            entropies = fused_entropy(self.model(ids, cache=self.cache))  # as EntropyModel.entropies
         else:
             entropies = torch.zeros(ids.shape, device=ids.device)
         starts = self._starts(ids, entropies)
@@ -86,7 +83,7 @@ class StreamingPatcher:
 
     def push(self, ids: torch.Tensor | int) -> torch.Tensor:
         """Feed one id per row (an int when batch_size is 1); returns whether each starts a patch [B]."""
-        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1, 1)
+        ids = torch.as_tensor(ids).reshape(-1, 1)  # no dtype cast: a float id must fail, not be truncated
         return self.feed(ids)[:, 0]
 
     def entropies(self) -> torch.Tensor:

@@ -148,3 +148,29 @@ def test_describe_documents_every_field():
 def test_data_config_rejects_bad_values(values, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(DataConfig, values)
+
+
+def test_zero_or_negative_kv_heads_and_ffn_dim_are_rejected():
+    # 0 used to be taken silently as "same as n_heads" / "the default size"
+    with pytest.raises(ConfigError, match="n_kv_heads must be > 0"):
+        TransformerConfig(dim=32, n_heads=4, n_kv_heads=0)
+    with pytest.raises(ConfigError, match="ffn_dim must be > 0"):
+        TransformerConfig(dim=32, n_heads=4, ffn_dim=0)
+    with pytest.raises(ConfigError, match="ffn_dim must be > 0"):
+        apply_overrides(BLTConfig(), ["--decoder.ffn_dim", "-1"])
+
+
+def test_malformed_list_override_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"encoder.hash_ngram_sizes: '\[3,4' is not a valid list"):
+        apply_overrides(BLTConfig(), ["--encoder.hash_ngram_sizes", "[3,4"])
+
+
+def test_section_checks_name_their_section():
+    with pytest.raises(ConfigError, match=r"^encoder: dim \(30\) must be divisible by n_heads \(4\)"):
+        from_dict(BLTConfig, {"encoder": {"dim": 30, "n_heads": 4}})
+    with pytest.raises(ConfigError, match=r"^global_transformer: window must be positive"):
+        apply_overrides(BLTConfig(), ["--global_transformer.window", "0"])
+    with pytest.raises(ConfigError, match="^patching.max_patch_length must be > 0"):  # already named
+        apply_overrides(BLTConfig(), ["--patching.max_patch_length", "0"])
+    with pytest.raises(ConfigError, match="BLTConfig: expected a mapping"):
+        from_dict(BLTConfig, [1, 2])

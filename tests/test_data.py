@@ -199,6 +199,9 @@ def test_resume_refuses_a_state_of_another_corpus_or_layout(text_corpus, tmp_pat
         PackedBatches(config_for(text_corpus)).load_state_dict(state)
     with pytest.raises(ValueError, match="no 'batch' entry"):
         PackedBatches(config_for(text_corpus)).load_state_dict({})
+    for batch in (-1, 1.5, "3"):
+        with pytest.raises(ValueError, match="'batch' must be an integer >= 0"):
+            PackedBatches(config_for(text_corpus)).load_state_dict({"batch": batch})
 
 
 def test_ranks_read_disjoint_equal_shards(text_corpus):

@@ -127,3 +127,10 @@ def test_empty_corpus_is_a_clear_error():
 def test_empty_documents_are_skipped():
     result = evaluate(uniform_scorer(), [b"", b"abc", b""], flops=False)
     assert result.n_documents == 1 and result.n_bytes == 3 and result.bits_per_byte == pytest.approx(8.0)
+
+
+def test_context_longer_than_a_full_attention_model_is_refused():
+    with pytest.raises(ValueError, match=r"context 65 is longer than the model's max_seq_len \(64 ids\)"):
+        uniform_scorer(context=65)  # FixedByteLM's config has no window
+    assert uniform_scorer().context == 64 and uniform_scorer(context=64).context == 64
+    assert ByteLMScorer(short_context_lm(), context=4096).context == 4096  # windowed: any length

@@ -136,3 +136,19 @@ def test_compare_cli_errors(runs, tmp_path, capsys):
     assert "need --data" in capsys.readouterr().err
     assert main(["compare", str(runs[0]), "--bogus.key", "1"]) == 2
     assert "unknown option --bogus" in capsys.readouterr().err
+
+
+def test_summary_with_a_non_numeric_value_is_a_clear_error(tmp_path):
+    summary = {
+        "kind": "blt",
+        "params": 1,
+        "training_flops": 1.0,
+        "val_bpb": None,
+        "inference_flops_per_byte": 1,
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError, match="val_bpb must be a number, got None"):
+        read_run(tmp_path)
+    (tmp_path / "summary.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        read_run(tmp_path)

@@ -130,6 +130,25 @@ def test_bad_generation_input(model):
         model.generate(torch.zeros(0, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="prompt must be"):
         model.generate(123, 3)
+    # these used to crash inside sampling, or (a float max_new_bytes) to run on to the maximum length
+    with pytest.raises(ValueError, match="max_new_bytes must be an integer"):
+        model.generate("a", 2.5)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate("a", 3, temperature=float("nan"))
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        model.generate("a", 3, top_k=2.5)
+    with pytest.raises(ValueError, match="stop must be bytes, str or None"):
+        model.generate("a", 3, stop=[10])
+
+
+def test_stop_may_be_text(model):
+    full = model.generate("Hello", 40, temperature=0.0)
+    ascii_byte = next(chr(b) for b in full[1:] if b < 0x80)  # its UTF-8 encoding is that one byte
+    for stop in ("é", "\n", ascii_byte):  # a str stops at any byte of its UTF-8 encoding
+        by_text = model.generate("Hello", 40, temperature=0.0, stop=stop)
+        assert by_text == model.generate("Hello", 40, temperature=0.0, stop=stop.encode("utf-8"))
+    assert len(by_text) < len(full)
+    assert model.generate("Hello", 40, temperature=0.0, stop="") == full
 
 
 def test_steps_with_gqa_two_hash_functions_windowed_global_unfused(monkeypatch):

@@ -161,6 +161,10 @@ def test_hf_checkpoint_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="hidden_size_global"):
         BLT.from_pretrained(tmp_path)
+    config["encoder_config"] = [1]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="encoder_config must be a JSON object"):
+        BLT.from_pretrained(tmp_path)
 
 
 def test_convert_cli(tmp_path, capsys):
@@ -174,3 +178,7 @@ def test_convert_cli(tmp_path, capsys):
     torch.testing.assert_close(a(ids).logits, b(ids).logits, atol=0, rtol=0)
     assert convert_main([str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    before = (tmp_path / "ours" / "config.json").read_text()
+    assert convert_main([str(tmp_path / "ours"), str(tmp_path / "." / "ours")]) == 1  # would overwrite SRC
+    assert "DST must differ from SRC" in capsys.readouterr().err
+    assert (tmp_path / "ours" / "config.json").read_text() == before

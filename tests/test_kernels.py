@@ -183,6 +183,17 @@ def test_entropy_of_masked_logits_is_finite():
     assert_same(kernels.entropy_from_logits(logits), expected)
 
 
+def test_entropy_of_no_rows(monkeypatch):
+    monkeypatch.setattr(entropy_module, "CHUNK_ELEMENTS", 64)
+    logits = torch.zeros(2, 0, 260, requires_grad=True)
+    h = kernels.entropy_from_logits(logits)  # was: torch.cat of an empty list
+    assert h.shape == (2, 0) and h.dtype == torch.float32
+    h.sum().backward()
+    assert logits.grad.shape == (2, 0, 260)
+    h, starts = kernels.entropy_patch_starts(torch.zeros(1, 0, 260), 1.0)
+    assert h.shape == starts.shape == (1, 0)
+
+
 def test_entropy_bad_inputs():
     with pytest.raises(ValueError, match="float tensor"):
         kernels.entropy_from_logits(torch.zeros(2, 3, dtype=torch.long))

@@ -251,6 +251,11 @@ def test_bad_config():
         BLT(config)
 
 
+def test_unknown_backend_fails_when_the_model_is_built():
+    with pytest.raises(ValueError, match="unknown attention backend 'flexx'"):
+        BLT(tiny_config(), backend="flexx")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -283,6 +288,9 @@ def test_checkpoint_errors(tmp_path):
         BLT.from_pretrained(tmp_path / "entropy")
     with pytest.raises(ValueError, match="unknown checkpoint format"):
         model.save_pretrained(tmp_path / "x", format="onnx")
+    (tmp_path / "m" / "model.safetensors.index.json").write_text("[]")  # not an object
+    with pytest.raises(CheckpointError, match="not a valid safetensors index"):
+        BLT.from_pretrained(tmp_path / "m")
 
 
 class Evil:

@@ -16,6 +16,7 @@ from blt.patcher import (
     StreamingPatcher,
     calibrate_threshold,
     entropy_from_logits,
+    lengths_from_starts,
     patch_lengths,
 )
 from blt.patcher.calibrate import global_share, patch_size_for_global_share
@@ -205,6 +206,10 @@ def test_other_checkpoints_are_refused(tmp_path):
     (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "blt", "patch_in_forward": False}))
     with pytest.raises(CheckpointError, match="no patcher_config"):
         EntropyModel.from_pretrained(tmp_path / "hf")
+    hf = {"model_type": "blt", "patcher_config": {"hidden_size": 32, "num_attention_heads": 5}}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(CheckpointError, match="hf: bad patcher_config: .*divisible"):
+        EntropyModel.from_pretrained(tmp_path / "hf")
     model.save_pretrained(tmp_path / "em")
     cfg = json.loads((tmp_path / "em" / "config.json").read_text())
     cfg["config"]["dim"] = 64
@@ -244,6 +249,26 @@ def test_bad_input_errors():
         patch_lengths(torch.ones(1, 3, dtype=torch.long), PatchingConfig("entropy"), torch.zeros(1, 4))
     with pytest.raises(ConfigError, match="vocab_size must be 260"):
         EntropyModel(EntropyModelConfig(dim=32, n_layers=1, n_heads=2, vocab_size=300))
+
+
+def test_review_fixes_entropies_and_lengths(tmp_path):
+    model = tiny_model()
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(5))
+    # uint8/int16 ids are valid ids: same entropies as int64 instead of an embedding dtype crash
+    assert torch.equal(model.entropies(ids.to(torch.uint8)), model.entropies(ids))
+    assert torch.equal(model.entropies(ids.to(torch.int16)), model.entropies(ids))
+    with pytest.raises(ValueError, match="chunk_size must be positive, got 0"):  # was: silently max_seq_len
+        model.entropies(ids, chunk_size=0)
+    with pytest.raises(ValueError, match="segments must be a tensor"):
+        model.entropies(ids, segments=[[0] * 40] * 2)
+    with pytest.raises(ValueError, match="non-empty"):
+        lengths_from_starts(torch.zeros(1, 0, dtype=torch.bool))
+    model.save_pretrained(tmp_path / "em")
+    cfg = json.loads((tmp_path / "em" / "config.json").read_text())
+    cfg["config"]["vocab_size"] = 300
+    (tmp_path / "em" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="em: bad entropy model config: .*vocab_size must be 260"):
+        EntropyModel.from_pretrained(tmp_path / "em")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,6 +314,12 @@ def test_calibration_other_schemes_and_errors():
         calibrate_threshold(docs, ent, 4.0, patching=PatchingConfig("static"))
     with pytest.raises(ValueError, match="same positive number"):
         calibrate_threshold([], [], 4.0)
+    with pytest.raises(ValueError, match="1-D"):  # a [B, T] batch would silently become one document
+        calibrate_threshold([torch.stack(docs[:2])], [torch.stack(ent[:2])], 4.0)
+    with pytest.raises(ValueError, match="finite"):
+        calibrate_threshold(docs, [e.clone().fill_(float("nan")) for e in ent], 4.0)
+    with pytest.raises(ValueError, match="finite number >= 1"):
+        calibrate_threshold(docs, ent, float("inf"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,6 +383,19 @@ def test_streaming_without_model_and_errors():
         streaming.push(300)
     with pytest.raises(ValueError, match="empty input"):
         StreamingPatcher(PatchingConfig("byte")).patch_lengths()
+    fresh = StreamingPatcher(PatchingConfig("byte"))
+    with pytest.raises(ValueError, match="integer"):  # was: truncated to id 5
+        fresh.push(5.7)
+    with pytest.raises(ValueError, match="integer"):
+        fresh.feed(torch.ones(1, 2))
+    with pytest.raises(ValueError, match="feed takes ids"):
+        fresh.feed([[5]])
+    assert fresh.length == 0
+    model = tiny_model()
+    ids = torch.tensor([encode("abc")])
+    with_model = StreamingPatcher(PatchingConfig("entropy"), model)
+    with_model.feed(ids.to(torch.uint8))  # was: an embedding dtype error
+    assert torch.equal(with_model.entropies(), model.entropies(ids))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -401,6 +445,20 @@ def test_entropy_patches_equal_transformers_blt_patcher(max_len):
         lengths = patch_lengths(ids, PatchingConfig("entropy", threshold=threshold, max_patch_length=max_len), ent)
         for row in range(3):
             assert torch.equal(hf_starts(lengths[row], 40), hf_starts(hf_lengths[row], 40))
+
+
+def test_hf_patcher_config_defaults_are_transformers_defaults():
+    from transformers.models.blt.configuration_blt import BltPatcherConfig
+
+    from blt.patcher.entropy_model import hf_patcher_config
+
+    for given_ in ({"hidden_size": 96}, {"hidden_size": 96, "intermediate_size": 0}, {}):
+        ours, theirs = hf_patcher_config(given_), BltPatcherConfig(**given_)
+        assert ours["ffn_dim"] == theirs.intermediate_size  # was 256, not 2048, for {"hidden_size": 96}
+        assert (ours["dim"], ours["window"], ours["max_seq_len"], ours["rope_theta"]) == (
+            theirs.hidden_size, theirs.sliding_window, theirs.max_position_embeddings,
+            theirs.rope_parameters["rope_theta"],
+        )
 
 
 def test_load_patcher_of_a_transformers_blt_directory(tmp_path):

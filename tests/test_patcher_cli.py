@@ -1,5 +1,6 @@
 """The blt-patch command line: statistics, HTML and PNG pictures, clear errors."""
 
+import pytest
 import torch
 
 from blt.config import EntropyModelConfig
@@ -65,3 +66,51 @@ def test_clear_errors(tmp_path, capsys):
 def test_byte_labels_keep_one_label_per_byte():
     assert byte_labels("a\u00e9\n\x00".encode()) == ["a", "\u00e9", "", "\u21b5", "\\x00"]
     assert byte_labels(b"\xff!") == ["\\xff", "!"]
+    # a non-printable code point above 0xff is written as Python writes it (was "\x200b")
+    assert byte_labels("\u200b\U000e0001".encode()) == ["\\u200b", "", "", "\\U000e0001", "", "", ""]
+
+
+def test_review_fixes(tmp_path, capsys):
+    # a picture into a missing directory fails up front with a message, not a traceback after the work
+    assert main(["--text", "abc", "--scheme", "byte", "--html", str(tmp_path / "no" / "p.html")]) == 2
+    assert "--html: directory" in capsys.readouterr().err
+    assert main(["--text", "abc", "--scheme", "byte", "--png", str(tmp_path / "no" / "p.png")]) == 2
+    assert "--png: directory" in capsys.readouterr().err
+    assert main(["--text", "abc", "--scheme", "byte", "--html", str(tmp_path)]) == 2  # a directory, not a file
+    assert "Is a directory" in capsys.readouterr().err
+    # a YAML without a `blt` mapping is refused instead of silently using the default BLT
+    model = saved_model(tmp_path / "em")
+    for text in ("{}\n", "blt: 3\n"):
+        (tmp_path / "c.yaml").write_text(text)
+        args = ["--text", "abc", "--model", model, "--target-global-share", "0.5", "--config", str(tmp_path / "c.yaml")]
+        assert main(args) == 2
+        assert "has no `blt` section" in capsys.readouterr().err
+    assert main(["--text", "abc", "--scheme", "byte", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "only read with --target-global-share" in capsys.readouterr().err
+    assert main(["--text", "abc", "--scheme", "byte", "--chunk-size", "8"]) == 2  # was: silently ignored
+    assert "needs --model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # abbreviated flags are typos, not options
+        main(["--text", "abc", "--schem", "byte"])
+    assert "unrecognized arguments: --schem" in capsys.readouterr().err
+    # non-UTF-8 bytes reach argv as surrogates (os.fsdecode): patched as the raw bytes
+    assert main(["--text", "a\udcffb", "--scheme", "byte"]) == 0
+    assert "bytes                       3" in capsys.readouterr().out
+
+
+def test_html_breaks_lines_on_newline_bytes_only(tmp_path):
+    html = tmp_path / "p.html"
+    assert main(["--text", "a\u21b5b\nc", "--scheme", "byte", "--html", str(html)]) == 0
+    assert html.read_text(encoding="utf-8").count("<br>") == 1
+
+
+def test_png_title_says_when_the_text_was_cut(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from blt.patcher import picture
+
+    titles = []
+    monkeypatch.setattr(picture, "PNG_MAX_BYTES", 30)  # few bytes, few rows: a fast plot
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: titles.append(fig.axes[0].get_title()))
+    data = b"ab" * 30
+    picture.write_png(tmp_path / "p.png", data, torch.ones(len(data) + 1, dtype=torch.bool), None, None, "t")
+    assert titles == ["t (first 30 of 60 bytes)"]

@@ -83,3 +83,12 @@ def test_check_ids_accepts_valid_arrays_and_custom_vocab():
     check_ids(torch.arange(VOCAB_SIZE).reshape(2, -1))
     with pytest.raises(ValueError, match="0..9"):
         check_ids([10], vocab_size=10)
+
+
+def test_non_integer_ids_are_a_clear_error():
+    for ids in ([4.5], ["a"], torch.tensor([True]), torch.tensor([70.0]), np.array([70.0])):
+        with pytest.raises(ValueError, match="ids must be integers"):
+            decode(ids)
+        with pytest.raises(ValueError, match="ids must be integers"):
+            check_ids(ids)
+    assert decode([]) == b"" and decode(np.array([[5, 6]])) == b"\x01\x02"

@@ -164,6 +164,15 @@ def test_entropy_checkpoint_with_another_vocabulary_is_refused(text_corpus, tmp_
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_entropy_checkpoint_of_another_kind_is_refused_by_its_kind(text_corpus, tmp_path, capsys):
+    ckpt = tmp_path / "bpe"  # a baseline's export: its vocabulary differs too, but the kind is the problem
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"kind": "blt-baseline", "config": {"vocab_size": 300}}))
+    assert main(["blt", *tiny_args(text_corpus, tmp_path / "runs", "--entropy_checkpoint", str(ckpt))]) == 2
+    err = capsys.readouterr().err
+    assert "kind 'blt-baseline', not an entropy model" in err and "vocabulary" not in err
+
+
 # ---------------------------------------------------------------------------------------------------------
 # optimisation
 
@@ -233,3 +242,29 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(
     assert state["global_step"] == 4
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
     assert not (tmp_path / "runs" / "default-entropy" / "summary.json").exists()
+
+
+def test_last_checkpoint_is_never_written_mid_accumulation_at_step_0():
+    class FakeTrainer:  # what LastCheckpoint reads: the step counters, and save_checkpoint
+        def __init__(self):
+            self.global_step, self.saved = 0, []
+            self.fit_loop = type("Loop", (), {"epoch_loop": type("Epoch", (), {"total_batch_idx": 0})()})()
+
+        def save_checkpoint(self, path, weights_only):
+            self.saved.append(self.global_step)
+
+    trainer, last = FakeTrainer(), callbacks.LastCheckpoint("unused", every=2, val_every=100)
+    # accumulate 2: batches 0,1 make step 1, batches 2,3 step 2; global_step counts finished steps
+    for batch, step in enumerate([0, 1, 1, 2, 2, 3]):
+        trainer.global_step, trainer.fit_loop.epoch_loop.total_batch_idx = step, batch
+        last.on_train_batch_end(trainer, None, None, None, batch)
+    assert trainer.saved == [2]
+
+
+def test_a_fresh_run_drops_the_tensorboard_events_of_an_earlier_run(text_corpus, tmp_path):
+    board = tmp_path / "runs" / "default-entropy" / "tensorboard"
+    board.mkdir(parents=True)
+    (board / "events.out.tfevents.1.earlier-run").write_bytes(b"old curves")
+    assert main(["entropy", *tiny_args(text_corpus, tmp_path / "runs", "--trainer.max_steps", "2")]) == 0
+    events = [p.name for p in board.glob("events.out.tfevents.*")]
+    assert events and "events.out.tfevents.1.earlier-run" not in events

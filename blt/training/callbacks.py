@@ -73,7 +73,8 @@ class LastCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step % self.every == 0 and step != self.saved_step:
+        # step 0 is never saved: with gradient accumulation it would hold a half-accumulated step
+        if step > 0 and step % self.every == 0 and step != self.saved_step:
             if (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % self.val_every == 0:
                 self._pending = True
             else:

@@ -25,7 +25,9 @@ from blt.training.config import RunConfig
 from blt.training.modules import STATE_KEY, LMTask, task_for
 
 SUMMARY = "summary.json"
-STALE = ("metrics.csv", SUMMARY, f"checkpoints/{LAST}")  # a fresh run replaces these in its directory
+# a fresh run replaces these in its directory (a resumed run appends to the logs)
+STALE = ("metrics.csv", SUMMARY, f"checkpoints/{LAST}")
+TB_EVENTS = "events.out.tfevents.*"
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -97,8 +99,9 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``command``'s model into ``run_dir``; returns the summary (also written as summary.json)."""
     if resume is None and rank_zero_only.rank == 0:
-        for name in STALE:
-            (run_dir / name).unlink(missing_ok=True)
+        stale = [run_dir / name for name in STALE] + list((run_dir / "tensorboard").glob(TB_EVENTS))
+        for path in stale:
+            path.unlink(missing_ok=True)
     L.seed_everything(run.trainer.seed, verbose=False)
     task = task_for(command, run, max_steps, **task_args)
     trainer, last = build_trainer(run, run_dir, max_steps)
