@@ -29,7 +29,7 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, of the wrong kind, or does not fit its model."""
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder and rename, so a crash leaves no half file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
@@ -47,10 +47,24 @@ def save_pretrained(directory: str | Path, module: nn.Module, kind: str, config:
     directory.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share storage; clone so tied or sliced weights save cleanly
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"kind": kind}))
+    drop_stale_index(directory)
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"kind": kind}))
     text = json.dumps({"kind": kind, "config": config}, indent=2)
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     return directory
+
+
+def drop_stale_index(directory: Path) -> None:
+    """Remove a shard index left by an earlier, sharded checkpoint: readers prefer it over the new file."""
+    (directory / INDEX_NAME).unlink(missing_ok=True)
+
+
+def model_directory(path: str | Path) -> Path:
+    """The checkpoint directory behind ``path``: itself, or ``path/model`` for a training run directory."""
+    path = Path(path)
+    if not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
+        return path / "model"
+    return path
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from blt import patch_ops
 from blt.layers import KVCache, RMSNorm, Transformer, apply_rope
+from blt.lm import in_eval_mode
 from blt.model import decoder_patch_ids
 from blt.patch_ops import HASH_PRIMES, wrap_int64
 from blt.patcher import StreamingPatcher, lengths_from_starts
@@ -491,6 +492,7 @@ def _prompt_rows(prompt) -> tuple[list[torch.Tensor], str]:
 
 
 @torch.inference_mode()
+@in_eval_mode
 def generate(
     model,
     prompt,

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from blt.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, read_weights
+from blt.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    atomic_write,
+    drop_stale_index,
+    read_weights,
+)
 from blt.config import (
     BLTConfig,
     ConfigError,
@@ -277,6 +284,8 @@ def save_hf(model, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     names = hf_names(model)
     state = {names[k]: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2))
+    drop_stale_index(directory)
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    text = json.dumps(hf_config, indent=2)
+    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     return directory

@@ -5,11 +5,36 @@ The entropy model (over the 260 byte ids) and the tokenized baseline (over BPE i
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 import torch.nn as nn
 
 from blt.config import TransformerConfig
 from blt.layers import KVCache, RMSNorm, Transformer, init_weights
+
+F = TypeVar("F", bound=Callable)
+
+
+def in_eval_mode(fn: F) -> F:
+    """Run ``fn(module, ...)`` with ``module`` in eval mode (no dropout), restoring its mode afterwards.
+
+    Inference entry points use it so a model left in training mode still gives deterministic entropies
+    and the same bytes from the cached and the recomputing generation paths.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(module: nn.Module, *args, **kwargs):
+        was_training = module.training
+        module.eval()
+        try:
+            return fn(module, *args, **kwargs)
+        finally:
+            module.train(was_training)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class CausalLM(nn.Module):

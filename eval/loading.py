@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from blt.checkpoint import CONFIG_NAME, CheckpointError, checkpoint_kind, read_config
+from blt.checkpoint import CheckpointError, checkpoint_kind, model_directory, read_config
 
 # kind -> (module, class) that loads it
 LOADERS = {
@@ -33,14 +33,6 @@ class LoadedModel:
     kind: str  # one of LOADERS
     model: nn.Module  # in eval mode
     directory: Path
-
-
-def model_directory(path: str | Path) -> Path:
-    """The checkpoint directory behind ``path``: itself, or ``path/model`` for a training run directory."""
-    path = Path(path)
-    if not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
-        return path / "model"
-    return path
 
 
 def load_model(path: str | Path) -> LoadedModel:

@@ -25,7 +25,7 @@ from blt.checkpoint import (
 )
 from blt.config import ConfigError, EntropyModelConfig, check, to_dict
 from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
-from blt.lm import CausalLM
+from blt.lm import CausalLM, in_eval_mode
 from blt.tokenizer import VOCAB_SIZE, check_ids
 
 KIND = "blt-entropy"
@@ -77,6 +77,7 @@ class EntropyModel(CausalLM):
         super().__init__(config, VOCAB_SIZE, backend)
 
     @torch.no_grad()
+    @in_eval_mode
     def entropies(
         self, ids: torch.Tensor, segments: torch.Tensor | None = None, chunk_size: int | None = None
     ) -> torch.Tensor:

@@ -196,3 +196,17 @@ def test_batch_rows_stop_at_different_steps(model):
     assert model.generate(prompts, 30, temperature=0.0, stop=stop) == expected
     sampled = model.generate(prompts, 30, temperature=0.8, stop=stop, seed=3)
     assert sampled == model.generate(prompts, 30, temperature=0.8, stop=stop, seed=3, use_cache=False)
+
+
+def test_generation_runs_in_eval_mode_and_restores_training_mode():
+    """Dropout must not make the cached and recomputing paths disagree for a model left in train mode."""
+    model = tiny_blt(seed=4)
+    for stack in (model.encoder.transformer, model.decoder.transformer, model.global_transformer.transformer):
+        for layer in stack.layers:
+            layer.dropout.p = 0.5
+            layer.attn.dropout = 0.5
+    model.train()
+    cached = model.generate("hello", max_new_bytes=24, temperature=0.0)
+    recomputed = model.generate("hello", max_new_bytes=24, temperature=0.0, use_cache=False)
+    assert cached == recomputed and len(cached) > 0
+    assert model.training and not model.patcher.training

@@ -182,3 +182,15 @@ def test_convert_cli(tmp_path, capsys):
     assert convert_main([str(tmp_path / "ours"), str(tmp_path / "." / "ours")]) == 1  # would overwrite SRC
     assert "DST must differ from SRC" in capsys.readouterr().err
     assert (tmp_path / "ours" / "config.json").read_text() == before
+
+
+def test_saving_over_a_sharded_checkpoint_replaces_it(tmp_path):
+    hf_blt(seed=3).save_pretrained(tmp_path, max_shard_size="200KB")
+    model = tiny_blt(seed=5)
+    model.save_pretrained(tmp_path)  # our layout, into the folder that still holds the old shards
+    ids = random_ids(1, 30, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(BLT.from_pretrained(tmp_path)(ids).logits, model(ids).logits)
+    model.save_pretrained(tmp_path, format="hf")
+    with torch.no_grad():
+        torch.testing.assert_close(BLT.from_pretrained(tmp_path)(ids).logits, model(ids).logits)

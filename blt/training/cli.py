@@ -21,7 +21,7 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from blt.baseline import TOKENIZER_FILE, BPETokenizer, train_tokenizer
-from blt.checkpoint import CheckpointError, checkpoint_kind, read_config
+from blt.checkpoint import CheckpointError, checkpoint_kind, model_directory, read_config
 from blt.config import BLTConfig, ConfigError, describe, from_dict, to_dict
 from blt.data import iter_documents, load_split
 from blt.model import BLT
@@ -161,7 +161,7 @@ def train(
         if entropy_dir is not None and not Path(entropy_dir).exists():
             raise CheckpointError(f"--entropy_checkpoint: directory does not exist: {entropy_dir}")
         source = (
-            Path(entropy_dir)
+            model_directory(entropy_dir)  # a run directory stands for its exported model/
             if entropy_dir is not None
             else entropy_model_dir(run, run_dir, resume is not None)
         )
