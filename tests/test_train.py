@@ -268,3 +268,13 @@ def test_a_fresh_run_drops_the_tensorboard_events_of_an_earlier_run(text_corpus,
     assert main(["entropy", *tiny_args(text_corpus, tmp_path / "runs", "--trainer.max_steps", "2")]) == 0
     events = [p.name for p in board.glob("events.out.tfevents.*")]
     assert events and "events.out.tfevents.1.earlier-run" not in events
+
+
+def test_entropy_checkpoint_may_be_a_run_directory(text_corpus, tmp_path, capsys):
+    """A run directory stands for its exported model/ (what `train.py entropy` prints as its run dir)."""
+    model_dir = tmp_path / "entropy-run" / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps({"kind": "blt-entropy", "config": {"vocab_size": 300}}))
+    args = tiny_args(text_corpus, tmp_path / "runs", "--entropy_checkpoint", str(tmp_path / "entropy-run"))
+    assert main(["blt", *args]) == 2
+    assert "vocabulary size 300" in capsys.readouterr().err  # read from entropy-run/model/config.json
