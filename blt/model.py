@@ -45,7 +45,7 @@ from blt.config import (
     to_dict,
 )
 from blt.layers import KVCache, RMSNorm, Transformer, init_weights
-from blt.tokenizer import check_ids
+from blt.tokenizer import check_id_batch
 
 KIND = "blt"
 
@@ -228,15 +228,7 @@ class BLT(nn.Module):
     # input checks and patching
 
     def check_ids(self, ids: torch.Tensor) -> None:
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-            raise ValueError(
-                f"ids must be a [batch, time] tensor, got {getattr(ids, 'shape', type(ids).__name__)}"
-            )
-        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-            raise ValueError(f"ids must be an integer tensor, got dtype {ids.dtype}")
-        if ids.numel() == 0:
-            raise ValueError(f"empty input: ids has shape {tuple(ids.shape)}; need at least one id per row")
-        check_ids(ids, self.config.vocab_size)
+        check_id_batch(ids, self.config.vocab_size)
         limit = min(self.config.encoder.max_seq_len, self.config.decoder.max_seq_len)
         if ids.shape[1] > limit:
             raise ValueError(

@@ -64,3 +64,14 @@ def decode(ids: torch.Tensor | Iterable[int]) -> bytes:
 def decode_text(ids: torch.Tensor | Iterable[int], errors: str = "replace") -> str:
     """Text behind ``ids``; bytes that are not valid UTF-8 are handled by ``errors`` (default: replaced)."""
     return decode(ids).decode("utf-8", errors=errors)
+
+
+def check_id_batch(ids: torch.Tensor, vocab_size: int = VOCAB_SIZE) -> None:
+    """Clear errors for a model input a user can get wrong: not [B, T], not integers, empty, ids out of range."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        raise ValueError(f"ids must be a [batch, time] tensor, got {getattr(ids, 'shape', type(ids).__name__)}")
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"ids must be an integer tensor, got dtype {ids.dtype}")
+    if ids.numel() == 0:
+        raise ValueError(f"empty input: ids has shape {tuple(ids.shape)}; need at least one id per row")
+    check_ids(ids, vocab_size)

@@ -26,7 +26,7 @@ from blt.checkpoint import (
 from blt.config import ConfigError, EntropyModelConfig, check, to_dict
 from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
 from blt.lm import CausalLM, in_eval_mode
-from blt.tokenizer import VOCAB_SIZE, check_ids
+from blt.tokenizer import VOCAB_SIZE, check_id_batch
 
 KIND = "blt-entropy"
 HF_PATCHER_PREFIXES = ("model.patcher.", "patcher.")
@@ -62,13 +62,7 @@ def segment_positions(segments: torch.Tensor) -> torch.Tensor:
 
 def check_input_ids(ids: torch.Tensor) -> None:
     """Clear errors for the inputs a user can get wrong: shape, dtype, empty, ids outside 0..259."""
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-        raise ValueError(f"ids must be a [batch, time] tensor, got {getattr(ids, 'shape', type(ids).__name__)}")
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
-        raise ValueError(f"ids must be an integer tensor, got dtype {ids.dtype}")
-    if ids.numel() == 0:
-        raise ValueError(f"empty input: ids has shape {tuple(ids.shape)}; need at least one id per row")
-    check_ids(ids, VOCAB_SIZE)
+    check_id_batch(ids, VOCAB_SIZE)
 
 
 class EntropyModel(CausalLM):
