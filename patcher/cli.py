@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -142,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        print(run(args))
+        print(run(args), flush=True)
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # keep the exit-time flush quiet
+        return 0
     except (ValueError, OSError) as e:  # ConfigError, CheckpointError, unreadable/unwritable files: no traceback
         print(f"blt-patch: error: {e}", file=sys.stderr)
         return 2
