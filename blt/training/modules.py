@@ -176,10 +176,11 @@ class LMTask(L.LightningModule, ABC):
         self.load_state_extras(state["extras"])
 
     def state_extras(self) -> dict[str, Any]:
+        """Task state beyond the model that a checkpoint must carry (the BLT's calibrated patching)."""
         return {}
 
     def load_state_extras(self, extras: dict[str, Any]) -> None:
-        pass
+        """Restore what :meth:`state_extras` saved; tasks without extras have nothing to restore."""
 
     def summary(self) -> dict[str, Any]:
         flops = self.flop_count()
