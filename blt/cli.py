@@ -1,0 +1,88 @@
+"""Command lines of the package: jsonargparse (the parser LightningCLI is built on) over the config dataclasses.
+
+Every console script builds its parser with :func:`new_parser` and adds config sections with
+:func:`add_section`, so all of them share one flag style: ``--section.key value`` with underscores,
+``--config FILE`` (repeatable, later files win), ``--print_config`` and ``--help`` that shows each field's
+documentation (the ``doc`` text of :func:`blt.config.doc`). jsonargparse rejects unknown keys and values of
+the wrong type by name; :func:`section` then builds the dataclass, whose own checks name their section.
+
+:func:`main` runs a command and turns the errors a user can cause into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jsonargparse import ArgumentParser, Namespace
+
+from blt.config import ConfigError, from_dict
+
+USER_ERRORS = (ValueError, OSError)  # ConfigError and CheckpointError are ValueErrors
+
+
+def new_parser(prog: str, description: str, config_file: bool = True) -> ArgumentParser:
+    """A parser with ``--config FILE`` (YAML of sections; repeatable) and ``--print_config``."""
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=True, default_env=False)
+    if config_file:
+        parser.add_argument(
+            "--config", action="config", help="YAML file of sections (repeatable: later files win)"
+        )
+    return parser
+
+
+def add_section(parser: ArgumentParser, name: str, cls: type, help: str | None = None) -> None:
+    """Fields of dataclass ``cls`` as ``--name.field`` options, each documented by its ``doc`` text."""
+    parser.add_class_arguments(cls, name, help=help or (cls.__doc__ or "").strip().split("\n")[0])
+    docs = field_docs(cls, f"{name}.")
+    for action in parser._actions:  # jsonargparse reads docstrings only; our docs live in field metadata
+        if action.dest in docs:
+            action.help = docs[action.dest]
+
+
+def field_docs(cls: type, prefix: str = "") -> dict[str, str]:
+    """``{"prefix.field": doc}`` for every field of ``cls`` and of its nested config sections."""
+    out = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        text = f.metadata.get("doc")
+        if text:
+            out[prefix + f.name] = text
+        inner = hints[f.name]
+        if dataclasses.is_dataclass(inner):
+            out.update(field_docs(inner, f"{prefix}{f.name}."))
+    return out
+
+
+def section(cfg: Namespace, name: str, cls: type):
+    """The dataclass ``cls`` of section ``name`` of a parsed config; its checks' errors name the section."""
+    value = cfg[name]
+    data = value.as_dict() if isinstance(value, Namespace) else value
+    return from_dict(cls, data, prefix=f"{name}.")
+
+
+def main(prog: str, run: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run ``run(argv)``; a user's mistake (bad value, missing path, wrong checkpoint) is one line, exit 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return run(argv) or 0
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def plain(value: Any) -> Any:
+    """Namespaces (nested) -> dicts, for printing or saving a parsed config."""
+    if isinstance(value, Namespace):
+        return {k: plain(v) for k, v in vars(value).items()}
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+__all__ = ["USER_ERRORS", "ConfigError", "add_section", "field_docs", "main", "new_parser", "plain", "section"]
