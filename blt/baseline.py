@@ -29,15 +29,8 @@ import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 
-from blt.checkpoint import (
-    CheckpointError,
-    load_state,
-    read_config,
-    read_weights,
-    save_pretrained,
-    typed_config,
-)
-from blt.config import BaselineConfig, check, doc, to_dict
+from blt.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from blt.config import BaselineConfig, check, doc
 from blt.lm import CausalLM
 
 KIND = "blt-baseline"
@@ -302,28 +295,26 @@ class BaselineLM(CausalLM):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` (kind "blt-baseline"), ``model.safetensors`` and ``tokenizer.model``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(directory / TOKENIZER_FILE)
-        return save_pretrained(directory, self, KIND, to_dict(self.config))
+        return save_pretrained(directory, self, KIND, files={TOKENIZER_FILE: self.tokenizer.model_proto})
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> BaselineLM:
-        """Load a directory written by :meth:`save_pretrained`; the model is returned in eval mode."""
-        directory = Path(directory)
-        meta = read_config(directory)
-        config = typed_config(directory, meta, KIND, BaselineConfig, "a BPE baseline")
-        if not (directory / TOKENIZER_FILE).is_file():
-            raise CheckpointError(f"no {TOKENIZER_FILE} in baseline checkpoint {directory}")
-        try:
-            tokenizer = BPETokenizer.load(directory / TOKENIZER_FILE)
-        except ValueError as e:
-            raise CheckpointError(f"{directory}: {e}") from None
-        if tokenizer.vocab_size != config.vocab_size:
-            raise CheckpointError(
-                f"{directory}: the tokenizer has {tokenizer.vocab_size} pieces, "
-                f"the config says vocab_size {config.vocab_size}"
-            )
-        model = cls(config, tokenizer)
-        load_state(model, read_weights(directory), source=str(directory))
-        return model.eval()
+    def from_pretrained(cls, path: str | Path, backend: str = "sdpa") -> BaselineLM:
+        """Load a directory written by :meth:`save_pretrained` (or its run directory), in eval mode."""
+        build = lambda config, directory: cls(config, checkpoint_tokenizer(directory, config), backend)
+        return load_pretrained(path, KIND, build)
+
+
+def checkpoint_tokenizer(directory: Path, config: BaselineConfig) -> BPETokenizer:
+    """The tokenizer saved beside a baseline's weights, which must have the vocabulary its config says."""
+    if not (directory / TOKENIZER_FILE).is_file():
+        raise CheckpointError(f"no {TOKENIZER_FILE} in baseline checkpoint {directory}")
+    try:
+        tokenizer = BPETokenizer.load(directory / TOKENIZER_FILE)
+    except ValueError as e:
+        raise CheckpointError(f"{directory}: {e}") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(
+            f"{directory}: the tokenizer has {tokenizer.vocab_size} pieces, "
+            f"the config says vocab_size {config.vocab_size}"
+        )
+    return tokenizer

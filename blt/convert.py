@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from blt.checkpoint import CheckpointError, checkpoint_kind, read_config
+from blt.checkpoint import CheckpointError, kind_of, model_directory
 from blt.model import BLT
 from blt.tokenizer import encode
 
@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         "--to", choices=("hf", "blt"), default=None, help="output layout (default: the other one)"
     )
     args = parser.parse_args(argv)
-    if Path(args.dst).resolve() == Path(args.src).resolve():
+    if Path(args.dst).resolve() in {Path(args.src).resolve(), model_directory(args.src).resolve()}:
         print("blt-convert: error: DST must differ from SRC (SRC would be overwritten)", file=sys.stderr)
         return 1
     try:
-        fmt = args.to or ("blt" if checkpoint_kind(read_config(args.src)) == "hf-blt" else "hf")
+        fmt = args.to or ("blt" if kind_of(args.src) == "hf-blt" else "hf")
         model = BLT.from_pretrained(args.src)
         model.save_pretrained(args.dst, format=fmt)
         ids = torch.tensor([encode("The quick brown fox jumps over the lazy dog.")])

@@ -26,15 +26,7 @@ from torch import nn
 
 from blt import kernels as ops  # byte<->patch operations (BLT_KERNELS=reference: plain blt.patch_ops)
 from blt import patch_ops
-from blt.checkpoint import (
-    CheckpointError,
-    checkpoint_kind,
-    load_state,
-    read_config,
-    read_weights,
-    save_pretrained,
-    typed_config,
-)
+from blt.checkpoint import load_pretrained, save_pretrained
 from blt.config import (
     BLTConfig,
     ConfigError,
@@ -42,7 +34,6 @@ from blt.config import (
     LocalEncoderConfig,
     TransformerConfig,
     check,
-    to_dict,
 )
 from blt.layers import KVCache, RMSNorm, Transformer, init_weights
 from blt.tokenizer import check_id_batch
@@ -340,30 +331,12 @@ class BLT(nn.Module):
 
     def save_pretrained(self, directory: str | Path, format: str = "blt") -> Path:
         """Write safetensors + JSON config: our layout (``"blt"``) or transformers' (``"hf"``)."""
-        if format == "hf":
-            from blt.hf import save_hf
-
-            return save_hf(self, directory)
-        if format != "blt":
-            raise ValueError(f"unknown checkpoint format {format!r}; choose 'blt' or 'hf'")
-        return save_pretrained(directory, self, KIND, to_dict(self.config))
+        return save_pretrained(directory, self, KIND, format=format)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, backend: str = "sdpa") -> BLT:
-        """Load our ``blt`` checkpoint or a transformers BLT directory; the model comes back in eval mode."""
-        data = read_config(directory)
-        kind = checkpoint_kind(data)
-        if kind == "hf-blt":
-            from blt.hf import load_hf
-
-            return load_hf(directory, data, backend).eval()
-        config = typed_config(directory, data, KIND, BLTConfig, "a BLT (or a transformers BLT directory)")
-        try:
-            model = cls(config, backend)
-        except ConfigError as e:
-            raise CheckpointError(f"{directory}: bad BLT config: {e}") from None
-        load_state(model, read_weights(directory), str(directory))
-        return model.eval()
+    def from_pretrained(cls, path: str | Path, backend: str = "sdpa") -> BLT:
+        """Our ``blt`` checkpoint, a transformers BLT directory or a blt run directory, in eval mode."""
+        return load_pretrained(path, KIND, lambda config, _: cls(config, backend))
 
 
 def decoder_patch_ids(

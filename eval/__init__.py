@@ -1,7 +1,6 @@
 """Evaluation: FLOPs per byte, bits per byte, comparison of trained runs.
 
 - ``blt.eval.flops``: forward and training FLOPs per byte of BLT, entropy and tokenized models;
-- ``blt.eval.loading``: load any checkpoint directory (ours or a transformers BLT);
 - ``blt.eval.bpb``: bits per byte of raw text, scored in windows so every byte is predicted once;
 - ``blt.eval.compare``: Markdown table and plots over training run directories.
 
@@ -11,7 +10,7 @@ Submodules are imported on first use so ``import blt.eval`` stays cheap (no torc
 from importlib import import_module
 
 _LAZY = {
-    "load_model": "blt.eval.loading",
+    "load_model": "blt.eval.loading",  # blt.checkpoint.load, under its earlier name
     "evaluate": "blt.eval.bpb",
     "compare_runs": "blt.eval.compare",
     "blt_flops_per_byte": "blt.eval.flops",

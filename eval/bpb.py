@@ -148,7 +148,7 @@ def _flops_dict(flops) -> dict[str, float]:
 
 
 def scorer_for(loaded, context: int | None = None, patching: PatchingConfig | None = None):
-    """The scorer for a :class:`blt.eval.loading.LoadedModel`; ``patching`` overrides a BLT's patching."""
+    """The scorer for a :class:`blt.checkpoint.LoadedModel`; ``patching`` overrides a BLT's patching."""
     if loaded.kind in ("blt", "hf-blt"):
         return BLTScorer(loaded.model, context, patching)
     if patching is not None:

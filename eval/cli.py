@@ -18,7 +18,7 @@ import math
 import sys
 from pathlib import Path
 
-from blt.checkpoint import CheckpointError
+from blt.checkpoint import CheckpointError, load
 from blt.config import ConfigError, PatchingConfig, from_dict, merge, parse_overrides, to_dict
 
 SECTIONS = ("data", "patching")  # dotted overrides this CLI accepts
@@ -114,9 +114,8 @@ def patching_override(loaded, overrides: dict) -> PatchingConfig | None:
 def evaluate_checkpoint(path, args, overrides: dict):
     """Load ``path`` and score the corpus chosen by ``args`` (shared by ``bpb`` and ``compare --data``)."""
     from blt.eval.bpb import evaluate, scorer_for
-    from blt.eval.loading import load_model
 
-    loaded = load_model(path)
+    loaded = load(path)
     scorer = scorer_for(loaded, args.context, patching_override(loaded, overrides))
     return evaluate(scorer, documents(args, overrides), args.stride, args.batch_size)
 

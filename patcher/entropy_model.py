@@ -14,22 +14,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from blt.checkpoint import (
-    CheckpointError,
-    checkpoint_kind,
-    load_state,
-    read_config,
-    read_weights,
-    save_pretrained,
-    typed_config,
-)
-from blt.config import ConfigError, EntropyModelConfig, check, to_dict
-from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
+from blt.checkpoint import load_pretrained, save_pretrained
+from blt.config import EntropyModelConfig, check
 from blt.lm import CausalLM, in_eval_mode
 from blt.tokenizer import VOCAB_SIZE, check_id_batch
 
 KIND = "blt-entropy"
-HF_PATCHER_PREFIXES = ("model.patcher.", "patcher.")
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -98,65 +88,10 @@ class EntropyModel(CausalLM):
         return torch.cat([fused_entropy(self(c, cache=cache)) for c in ids.split(chunk_size, dim=1)], 1)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        return save_pretrained(directory, self, KIND, to_dict(self.config))
+        return save_pretrained(directory, self, KIND)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, backend: str = "sdpa") -> EntropyModel:
-        """Load one of our entropy-model directories, or the patcher bundled in a transformers BLT."""
-        data = read_config(directory)
-        kind = checkpoint_kind(data)
-        if kind == "hf-blt":
-            return cls.from_hf_blt(directory, data, backend)
-        config = typed_config(directory, data, KIND, EntropyModelConfig, "an entropy model")
-        try:
-            model = cls(config, backend)
-        except ConfigError as e:  # e.g. a vocab_size other than 260
-            raise CheckpointError(f"{directory}: bad entropy model config: {e}") from None
-        load_state(model, read_weights(directory), str(directory))
-        return model.eval()
-
-    @classmethod
-    def from_hf_blt(cls, directory: str | Path, data: dict, backend: str = "sdpa") -> EntropyModel:
-        """The entropy model (``patcher``) inside a transformers BLT checkpoint directory."""
-        hf = data.get("patcher_config")
-        if not isinstance(hf, dict):
-            raise CheckpointError(f"{directory}: transformers BLT config has no patcher_config (no bundled patcher)")
-        try:
-            model = cls(EntropyModelConfig(**hf_patcher_config(hf)), backend)
-        except ConfigError as e:
-            raise CheckpointError(f"{directory}: bad patcher_config: {e}") from None
-        state = read_hf_patcher_weights(Path(directory))
-        load_state(model, from_hf(state, ENTROPY_MODEL_RULES), f"{directory} (patcher)")
-        return model.eval()
-
-
-def hf_patcher_config(hf: dict) -> dict:
-    """Our EntropyModelConfig fields from a transformers ``BltPatcherConfig`` dict (its defaults filled in)."""
-    rope = hf.get("rope_parameters") or {}
-    dim = hf.get("hidden_size", 768)
-    return {
-        "dim": dim,
-        "n_layers": hf.get("num_hidden_layers", 14),
-        "n_heads": hf.get("num_attention_heads", 12),
-        "n_kv_heads": hf.get("num_key_value_heads"),
-        # as BltPatcherConfig: an absent key means its class default 2048; only 0 (or None) means 8/3 of the width
-        "ffn_dim": hf.get("intermediate_size", 2048) or int(8 * dim / 3),
-        "window": hf.get("sliding_window", 512),
-        "max_seq_len": hf.get("max_position_embeddings", 8192),
-        "norm_eps": hf.get("rms_norm_eps", 1e-5),
-        "rope_theta": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-        "vocab_size": hf.get("vocab_size", VOCAB_SIZE),
-    }
-
-
-def read_hf_patcher_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """Only the patcher tensors of a (possibly sharded) transformers BLT checkpoint, prefix stripped."""
-    state = read_weights(directory, keep=lambda name: name.startswith(HF_PATCHER_PREFIXES))
-    return strip_patcher_prefix(state, directory)
-
-
-def strip_patcher_prefix(state: dict[str, torch.Tensor], directory: Path) -> dict[str, torch.Tensor]:
-    prefix = next((p for p in HF_PATCHER_PREFIXES if any(k.startswith(p) for k in state)), None)
-    if prefix is None:
-        raise CheckpointError(f"{directory}: no patcher tensors ({' or '.join(HF_PATCHER_PREFIXES)}*) in the checkpoint")
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    def from_pretrained(cls, path: str | Path, backend: str = "sdpa") -> EntropyModel:
+        """An entropy model directory, or the patcher a BLT bundles (ours or transformers'); run directories
+        stand for their ``model/``."""
+        return load_pretrained(path, KIND, lambda config, _: cls(config, backend))

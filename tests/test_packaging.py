@@ -26,7 +26,7 @@ def test_wheel_installs_only_the_blt_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"blt"}  # no top-level kernels/patcher/eval module that would shadow other packages
-    for module in ("blt/patcher/schemes.py", "blt/kernels/dispatch.py", "blt/eval/flops.py", "blt/training/cli.py"):
+    for module in ("blt/checkpoint/hf.py", "blt/patcher/schemes.py", "blt/kernels/dispatch.py", "blt/eval/flops.py", "blt/training/cli.py"):
         assert module in names
 
     site = tmp_path / "site"

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from blt.checkpoint import CheckpointError, save_pretrained
+from blt.checkpoint import CheckpointError, load_state, save_pretrained
+from blt.checkpoint.hf import patcher_config_from_hf, patcher_name
 from blt.config import BLTConfig, ConfigError, EntropyModelConfig, PatchingConfig, from_dict
-from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
 from blt.patcher import (
     EntropyModel,
     StreamingPatcher,
@@ -197,8 +197,8 @@ def test_save_load_round_trip(tmp_path):
 
 def test_other_checkpoints_are_refused(tmp_path):
     model = tiny_model()
-    save_pretrained(tmp_path / "blt", model, "blt", {})
-    with pytest.raises(CheckpointError, match="kind 'blt', not an entropy model"):
+    save_pretrained(tmp_path / "blt", model, "blt", {"entropy_model": None})
+    with pytest.raises(CheckpointError, match="blt: this BLT bundles no entropy model"):
         EntropyModel.from_pretrained(tmp_path / "blt")
     with pytest.raises(CheckpointError, match="does not exist"):
         EntropyModel.from_pretrained(tmp_path / "missing")
@@ -418,7 +418,7 @@ def hf_patcher(seed=0):
                 p.normal_(0, 0.4)
     ours = EntropyModel(EntropyModelConfig(dim=32, n_layers=2, n_heads=4, ffn_dim=48, window=8, max_seq_len=128,
                                            rope_theta=10000.0))
-    ours.load_state_dict(from_hf(hf.state_dict(), ENTROPY_MODEL_RULES))
+    load_state(ours, hf.state_dict(), "BltPatcher", patcher_name)
     return hf, ours.eval()
 
 
@@ -450,10 +450,8 @@ def test_entropy_patches_equal_transformers_blt_patcher(max_len):
 def test_hf_patcher_config_defaults_are_transformers_defaults():
     from transformers.models.blt.configuration_blt import BltPatcherConfig
 
-    from blt.patcher.entropy_model import hf_patcher_config
-
     for given_ in ({"hidden_size": 96}, {"hidden_size": 96, "intermediate_size": 0}, {}):
-        ours, theirs = hf_patcher_config(given_), BltPatcherConfig(**given_)
+        ours, theirs = patcher_config_from_hf(given_), BltPatcherConfig(**given_)
         assert ours["ffn_dim"] == theirs.intermediate_size  # was 256, not 2048, for {"hidden_size": 96}
         assert (ours["dim"], ours["window"], ours["max_seq_len"], ours["rope_theta"]) == (
             theirs.hidden_size, theirs.sliding_window, theirs.max_position_embeddings,

@@ -21,7 +21,7 @@ import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
 from blt.baseline import TOKENIZER_FILE, BPETokenizer, train_tokenizer
-from blt.checkpoint import CheckpointError, checkpoint_kind, model_directory, read_config
+from blt.checkpoint import CheckpointError, entropy_vocab_size, model_directory
 from blt.config import BLTConfig, ConfigError, describe, from_dict, to_dict
 from blt.data import iter_documents, load_split
 from blt.model import BLT
@@ -98,17 +98,8 @@ def entropy_model_dir(run: RunConfig, run_dir: Path, resume: bool) -> Path:
 
 def check_entropy_vocab(directory: Path, vocab_size: int) -> None:
     """The entropy model must predict the BLT's ids: refuse another vocabulary before loading anything."""
-    data = read_config(directory)
-    kind = checkpoint_kind(data)
-    if kind not in ("blt-entropy", "hf-blt"):  # what EntropyModel.from_pretrained loads
-        raise CheckpointError(
-            f"--entropy_checkpoint: {directory} holds a checkpoint of kind {kind!r}, not an entropy model "
-            "('blt-entropy', e.g. <entropy run>/model, or a transformers BLT directory)"
-        )
-    found = (data.get("config") or {}).get("vocab_size") if isinstance(data.get("config"), dict) else None
-    if found is None and data.get("model_type") == "blt":
-        found = (data.get("patcher_config") or {}).get("vocab_size", data.get("vocab_size"))
-    if found is not None and found != vocab_size:
+    found = entropy_vocab_size(directory)  # refuses a directory of a kind that holds no entropy model
+    if found != vocab_size:
         raise CheckpointError(
             f"entropy checkpoint {directory} has vocabulary size {found}, but the BLT's is {vocab_size} "
             "(blt.vocab_size): they must match"

@@ -1,8 +1,9 @@
-"""Pretrained-model directories: ``config.json`` + ``model.safetensors``, never pickle.
+"""The files of a model directory: ``config.json`` + ``model.safetensors`` (or an index + shards).
 
-Every model this package saves (entropy model, BLT, BPE baseline) writes the same two files; the JSON names
-the model ``kind`` so a loader can refuse a checkpoint of another kind with a clear message. Weights in a
-pickle file (``.bin``/``.pt``) are read only with ``torch.load(weights_only=True)``, which executes no code.
+Writes go through a temporary file and a rename, so a crash never leaves half a file. Weights in a pickle
+file (``.bin``/``.pt``) are read only with ``torch.load(weights_only=True)``, which executes no code. What
+the JSON means (which model, which layout) is for ``blt.checkpoint.kinds`` to say; this module only reads
+and writes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "model.pth")
+RUN_MODEL = "model"  # a training run directory exports its model into this folder
 
 
 class CheckpointError(ValueError):
@@ -41,15 +43,23 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def save_pretrained(directory: str | Path, module: nn.Module, kind: str, config: dict[str, Any]) -> Path:
-    """Write ``module``'s weights and ``{"kind": kind, "config": config}`` to ``directory``."""
+def write_checkpoint(
+    directory: str | Path,
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    metadata: dict[str, str],
+    files: dict[str, bytes] | None = None,
+) -> Path:
+    """Write ``state`` as model.safetensors, ``config`` as config.json and ``files`` (name -> bytes) beside."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share storage; clone so tied or sliced weights save cleanly
-    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    for name, data in (files or {}).items():
+        atomic_write(directory / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
     drop_stale_index(directory)
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"kind": kind}))
-    text = json.dumps({"kind": kind, "config": config}, indent=2)
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
+    text = json.dumps(config, indent=2)
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     return directory
 
@@ -62,8 +72,8 @@ def drop_stale_index(directory: Path) -> None:
 def model_directory(path: str | Path) -> Path:
     """The checkpoint directory behind ``path``: itself, or ``path/model`` for a training run directory."""
     path = Path(path)
-    if not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
-        return path / "model"
+    if not (path / CONFIG_NAME).is_file() and (path / RUN_MODEL / CONFIG_NAME).is_file():
+        return path / RUN_MODEL
     return path
 
 
@@ -73,10 +83,15 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     if not directory.exists():
         raise CheckpointError(f"checkpoint path does not exist: {directory}")
     if not directory.is_dir():
-        raise CheckpointError(f"checkpoint must be a directory with {CONFIG_NAME} and {WEIGHTS_NAME}: {directory}")
+        raise CheckpointError(
+            f"checkpoint must be a directory with {CONFIG_NAME} and {WEIGHTS_NAME}: {directory}"
+        )
     path = directory / CONFIG_NAME
     if not path.is_file():
-        raise CheckpointError(f"no {CONFIG_NAME} in checkpoint directory {directory}")
+        raise CheckpointError(
+            f"no {CONFIG_NAME} in checkpoint directory {directory} (nor in {directory / RUN_MODEL}, "
+            "as in a training run directory)"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -84,30 +99,6 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return data
-
-
-def checkpoint_kind(config: dict[str, Any]) -> str:
-    """``kind`` of one of our checkpoints, ``"hf-blt"`` for a transformers BLT, else ``"unknown"``."""
-    if "kind" in config:
-        return str(config["kind"])
-    if config.get("model_type") == "blt":
-        return "hf-blt"
-    return "unknown"
-
-
-def typed_config(directory: str | Path, data: dict[str, Any], kind: str, config_cls: type, what: str) -> Any:
-    """The config dataclass of one of our checkpoints, after checking it is of ``kind`` (``what`` names it)."""
-    from blt.config import ConfigError, from_dict
-
-    found = checkpoint_kind(data)
-    if found != kind:
-        raise CheckpointError(f"{directory} holds a checkpoint of kind {found!r}, not {what} ({kind!r})")
-    if not isinstance(data.get("config"), dict):
-        raise CheckpointError(f"{directory}: config.json has no 'config' section")
-    try:
-        return from_dict(config_cls, data["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{directory}: bad {what} config: {e}") from None
 
 
 def _safetensor_files(directory: Path) -> list[Path]:
@@ -118,7 +109,9 @@ def _safetensor_files(directory: Path) -> list[Path]:
     try:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as e:
-        raise CheckpointError(f"{index} is not a valid safetensors index (needs a 'weight_map'): {e}") from None
+        raise CheckpointError(
+            f"{index} is not a valid safetensors index (needs a 'weight_map'): {e}"
+        ) from None
     missing = [name for name in shards if not (directory / name).is_file()]
     if missing:
         raise CheckpointError(f"{directory}: weight shard {missing[0]} named in {INDEX_NAME} is missing")
@@ -154,17 +147,29 @@ def read_weights(directory: str | Path, keep: Callable[[str], bool] | None = Non
     raise CheckpointError(f"no {WEIGHTS_NAME} (or {INDEX_NAME}) in checkpoint directory {directory}")
 
 
-def load_state(module: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load ``state`` strictly; the first missing, unexpected or mis-shaped key is named in the error."""
+def load_state(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str = "checkpoint",
+    name: Callable[[str], str] | None = None,
+) -> None:
+    """Load ``state`` strictly, where ``name(key)`` is the name of the module's ``key`` in ``state`` (by
+    default the same). The first missing, unexpected or mis-shaped tensor is named as ``state`` names it."""
     own = module.state_dict()
+    names = {key: key if name is None else name(key) for key in own}
     for key, tensor in own.items():
-        if key not in state:
-            raise CheckpointError(f"{source}: missing tensor '{key}' (expected shape {tuple(tensor.shape)})")
-        if tuple(state[key].shape) != tuple(tensor.shape):
+        theirs = names[key]
+        if theirs not in state:
             raise CheckpointError(
-                f"{source}: tensor '{key}' has shape {tuple(state[key].shape)}, the config needs {tuple(tensor.shape)}"
+                f"{source}: missing tensor '{theirs}' (expected shape {tuple(tensor.shape)})"
             )
-    extra = [k for k in state if k not in own]
+        if tuple(state[theirs].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{source}: tensor '{theirs}' has shape {tuple(state[theirs].shape)}, "
+                f"the config needs {tuple(tensor.shape)}"
+            )
+    known = set(names.values())
+    extra = [k for k in state if k not in known]
     if extra:
         raise CheckpointError(f"{source}: unexpected tensor '{extra[0]}' that the config has no place for")
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict({key: state[theirs] for key, theirs in names.items()}, strict=True)

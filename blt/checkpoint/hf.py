@@ -1,29 +1,26 @@
-"""The transformers BLT layout: config conversion both ways and tensor renaming.
+"""The transformers BLT layout: config both ways, tensor names, and the patcher bundled inside it.
 
 A transformers BLT directory (``BltForCausalLM.save_pretrained``, the released ``facebook/blt-*`` layout)
 holds ``config.json`` (``"model_type": "blt"`` with encoder/decoder/global/patcher sub-configs) and
-``model.safetensors``. Missing config keys take transformers' defaults. Things our config can express but
+``model.safetensors``; its entropy model sits under ``model.patcher.`` with its config in
+``patcher_config``. Missing config keys take transformers' defaults. Things our config can express but
 that layout cannot (a decoder window different from the encoder's, a windowed global transformer, a
 non-entropy patching scheme inside forward) are refused on export with a clear error.
+
+Our blocks keep transformers' projection names (q_proj, gate_proj, ...) and differ only in a few path
+segments, so a tensor's name there is ours rewritten by a list of regex rules. Loading goes the same way:
+every tensor of our model is looked up under its transformers name, so errors name the file's tensors.
 """
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from blt.checkpoint import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    CheckpointError,
-    atomic_write,
-    drop_stale_index,
-    read_weights,
-)
+from blt.checkpoint.files import CheckpointError, read_weights, write_checkpoint
 from blt.config import (
     BLTConfig,
     ConfigError,
@@ -33,9 +30,19 @@ from blt.config import (
     PatchingConfig,
     TransformerConfig,
 )
-from blt.hf_keys import BLOCK_RULES, ENTROPY_MODEL_RULES, to_hf
+from blt.tokenizer import VOCAB_SIZE
 
-# ours -> transformers, applied in order (BLOCK_RULES then rename the inside of each block)
+# ----------------------------------------------------------------------------------------------------------
+# tensor names: ours -> transformers, rules applied in order
+
+# one transformer block: ours "layers.3.attn_norm.weight" -> "layers.3.input_layernorm.weight"
+BLOCK_RULES = [
+    (r"layers\.(\d+)\.attn_norm\.", r"layers.\g<1>.input_layernorm."),
+    (r"layers\.(\d+)\.mlp_norm\.", r"layers.\g<1>.post_attention_layernorm."),
+    (r"layers\.(\d+)\.attn\.", r"layers.\g<1>.self_attn."),
+]
+# our entropy model (a CausalLM) -> BltPatcher, whose stack sits directly under it
+PATCHER_RULES = [(r"^transformer\.layers\.", "layers.")] + BLOCK_RULES
 BLT_RULES = [
     (r"^encoder\.transformer\.layers\.", "model.local_encoder.layers."),
     (r"^encoder\.embed_tokens\.", "model.local_encoder.embed_tokens."),
@@ -47,7 +54,31 @@ BLT_RULES = [
     (r"^decoder\.lm_head\.", "lm_head."),
     (r"^decoder\.", "model.local_decoder."),
 ] + BLOCK_RULES
-PATCHER_PREFIX = "model.patcher."
+PATCHER_PREFIX = "model.patcher."  # BltForCausalLM's patcher; a bare BltModel's sits under "patcher."
+PATCHER_PREFIXES = (PATCHER_PREFIX, "patcher.")
+OUR_PATCHER = "patcher."  # the bundled entropy model inside our BLT
+
+
+def rename(key: str, rules: list[tuple[str, str]]) -> str:
+    for ours, theirs in rules:
+        key = re.sub(ours, theirs, key)
+    return key
+
+
+def patcher_name(key: str) -> str:
+    """The BltPatcher name of our entropy model's tensor ``key`` (without the patcher's prefix)."""
+    return rename(key, PATCHER_RULES)
+
+
+def blt_name(key: str) -> str:
+    """The BltForCausalLM name of our BLT's tensor ``key``, bundled patcher included."""
+    if key.startswith(OUR_PATCHER):
+        return PATCHER_PREFIX + patcher_name(key[len(OUR_PATCHER) :])
+    return rename(key, BLT_RULES)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config: transformers -> ours
 
 # transformers' defaults for keys a config.json may leave out (configuration_blt.py)
 _ENCODER = {
@@ -75,23 +106,6 @@ _GLOBAL = {
 _THETA = 500000.0
 
 
-def hf_names(model: torch.nn.Module) -> dict[str, str]:
-    """Our state-dict key -> the transformers key, for every tensor of ``model`` (a BLT)."""
-    names = {}
-    for key in model.state_dict():
-        if key.startswith("patcher."):
-            names[key] = next(
-                iter(to_hf({key[len("patcher.") :]: None}, ENTROPY_MODEL_RULES, PATCHER_PREFIX))
-            )
-        else:
-            names[key] = next(iter(to_hf({key: None}, BLT_RULES)))
-    return names
-
-
-# ----------------------------------------------------------------------------------------------------------
-# config: transformers -> ours
-
-
 def _stack(hf: dict[str, Any], defaults: dict[str, Any], window: int | None) -> dict[str, Any]:
     get = lambda k: hf.get(k, defaults.get(k))
     dim = get("hidden_size")
@@ -114,8 +128,6 @@ def _stack(hf: dict[str, Any], defaults: dict[str, Any], window: int | None) -> 
 
 def config_from_hf(hf: dict[str, Any]) -> BLTConfig:
     """Our BLTConfig from a transformers BLT ``config.json`` dict."""
-    from blt.patcher.entropy_model import hf_patcher_config
-
     k = hf.get("cross_attn_k", 2)
     enc_hf, dec_hf, glob_hf = (hf.get(n) or {} for n in ("encoder_config", "decoder_config", "global_config"))
     for name, sub in (("encoder_config", enc_hf), ("decoder_config", dec_hf), ("global_config", glob_hf)):
@@ -158,7 +170,7 @@ def config_from_hf(hf: dict[str, Any]) -> BLTConfig:
         )
         entropy_model = None
         if patch_in_forward:
-            entropy_model = EntropyModelConfig(**hf_patcher_config(hf.get("patcher_config") or {}))
+            entropy_model = EntropyModelConfig(**patcher_config_from_hf(hf.get("patcher_config") or {}))
         return BLTConfig(
             vocab_size=hf.get("vocab_size", 260),
             cross_attn_k=k,
@@ -172,31 +184,23 @@ def config_from_hf(hf: dict[str, Any]) -> BLTConfig:
         raise CheckpointError(f"transformers BLT config cannot be converted: {e}") from None
 
 
-def load_hf(directory: str | Path, data: dict[str, Any], backend: str = "sdpa"):
-    """A BLT with the weights of a transformers BLT directory (``data`` is its parsed config.json)."""
-    from blt.model import BLT
-
-    config = config_from_hf(data)
-    model = BLT(config, backend)
-    state = read_weights(directory)
-    names = hf_names(model)
-    own = model.state_dict()
-    for ours, theirs in names.items():
-        if theirs not in state:
-            raise CheckpointError(
-                f"{directory}: missing tensor '{theirs}' (expected shape {tuple(own[ours].shape)})"
-            )
-        if tuple(state[theirs].shape) != tuple(own[ours].shape):
-            raise CheckpointError(
-                f"{directory}: tensor '{theirs}' has shape {tuple(state[theirs].shape)}, "
-                f"the config needs {tuple(own[ours].shape)}"
-            )
-    known = set(names.values())
-    extra = [k for k in state if k not in known]
-    if extra:
-        raise CheckpointError(f"{directory}: unexpected tensor '{extra[0]}' that the config has no place for")
-    model.load_state_dict({ours: state[theirs] for ours, theirs in names.items()}, strict=True)
-    return model
+def patcher_config_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """Our EntropyModelConfig fields from a transformers ``BltPatcherConfig`` dict (its defaults filled in)."""
+    rope = hf.get("rope_parameters") or {}
+    dim = hf.get("hidden_size", 768)
+    return {
+        "dim": dim,
+        "n_layers": hf.get("num_hidden_layers", 14),
+        "n_heads": hf.get("num_attention_heads", 12),
+        "n_kv_heads": hf.get("num_key_value_heads"),
+        # as BltPatcherConfig: an absent key means its class default 2048; only 0 (or None) means 8/3 of the width
+        "ffn_dim": hf.get("intermediate_size", 2048) or int(8 * dim / 3),
+        "window": hf.get("sliding_window", 512),
+        "max_seq_len": hf.get("max_position_embeddings", 8192),
+        "norm_eps": hf.get("rms_norm_eps", 1e-5),
+        "rope_theta": float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        "vocab_size": hf.get("vocab_size", VOCAB_SIZE),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -216,6 +220,16 @@ def _hf_stack(c: TransformerConfig) -> dict[str, Any]:
         "dropout": c.dropout,
         "hidden_act": "silu",
     }
+
+
+def _hf_local(c: LocalEncoderConfig | LocalDecoderConfig, config: BLTConfig) -> dict[str, Any]:
+    return dict(
+        _hf_stack(c),
+        vocab_size=config.vocab_size,
+        cross_attn_all_layers=c.cross_attn_all_layers,
+        cross_attn_k=config.cross_attn_k,
+        hidden_size_global=config.global_transformer.dim,
+    )
 
 
 def config_to_hf(config: BLTConfig) -> dict[str, Any]:
@@ -250,21 +264,8 @@ def config_to_hf(config: BLTConfig) -> dict[str, Any]:
         "encoder_hash_byte_group_size": list(enc.hash_ngram_sizes),
         "encoder_hash_byte_group_vocab": enc.hash_vocab,
         "encoder_hash_byte_group_nb_functions": enc.hash_functions,
-        "encoder_config": dict(
-            _hf_stack(enc),
-            vocab_size=config.vocab_size,
-            cross_attn_all_layers=enc.cross_attn_all_layers,
-            cross_attn_k=k,
-            hidden_size_global=glob.dim,
-            sliding_window=enc.window,
-        ),
-        "decoder_config": dict(
-            _hf_stack(dec),
-            vocab_size=config.vocab_size,
-            cross_attn_all_layers=dec.cross_attn_all_layers,
-            cross_attn_k=k,
-            hidden_size_global=glob.dim,
-        ),
+        "encoder_config": dict(_hf_local(enc, config), sliding_window=enc.window),
+        "decoder_config": _hf_local(dec, config),
         "global_config": _hf_stack(glob),
         "tie_word_embeddings": False,
         "rope_parameters": {"rope_type": "default", "rope_theta": glob.rope_theta},
@@ -277,15 +278,48 @@ def config_to_hf(config: BLTConfig) -> dict[str, Any]:
     return out
 
 
-def save_hf(model, directory: str | Path) -> Path:
+# ----------------------------------------------------------------------------------------------------------
+# reading and writing transformers BLT directories
+
+
+def read_blt_config(directory: Path, data: dict[str, Any]) -> BLTConfig:
+    try:
+        return config_from_hf(data)
+    except CheckpointError as e:
+        raise CheckpointError(f"{directory}: {e}") from None
+
+
+def read_blt_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], Any]:
+    """Every tensor of the directory, and where each of our BLT's tensors sits among them."""
+    return read_weights(directory), blt_name
+
+
+def read_patcher_config(directory: Path, data: dict[str, Any]) -> EntropyModelConfig:
+    hf = data.get("patcher_config")
+    if not isinstance(hf, dict):
+        raise CheckpointError(
+            f"{directory}: transformers BLT config has no patcher_config (no bundled patcher)"
+        )
+    try:
+        return EntropyModelConfig(**patcher_config_from_hf(hf))
+    except ConfigError as e:
+        raise CheckpointError(f"{directory}: bad patcher_config: {e}") from None
+
+
+def read_patcher_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], Any]:
+    """Only the patcher's tensors (a sharded 7B checkpoint never loads the rest), and where ours sit."""
+    state = read_weights(directory, keep=lambda name: name.startswith(PATCHER_PREFIXES))
+    prefix = next((p for p in PATCHER_PREFIXES if any(k.startswith(p) for k in state)), None)
+    if prefix is None:
+        raise CheckpointError(
+            f"{directory}: no patcher tensors ({' or '.join(PATCHER_PREFIXES)}*) in the checkpoint"
+        )
+    state = {k: v for k, v in state.items() if k.startswith(prefix)}
+    return state, lambda key: prefix + patcher_name(key)
+
+
+def save_blt(model, directory: str | Path) -> Path:
     """Write ``model`` (a BLT) as a transformers BLT directory: config.json + model.safetensors."""
-    hf_config = config_to_hf(model.config)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    names = hf_names(model)
-    state = {names[k]: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    drop_stale_index(directory)
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    text = json.dumps(hf_config, indent=2)
-    atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
-    return directory
+    config = config_to_hf(model.config)  # first: refuse what the layout cannot hold before writing anything
+    state = {blt_name(k): v for k, v in model.state_dict().items()}
+    return write_checkpoint(directory, state, config, metadata={"format": "pt"})
