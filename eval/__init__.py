@@ -2,7 +2,8 @@
 
 - ``blt.eval.flops``: forward and training FLOPs per byte of BLT, entropy and tokenized models;
 - ``blt.eval.bpb``: bits per byte of raw text, scored in windows so every byte is predicted once;
-- ``blt.eval.compare``: Markdown table and plots over training run directories.
+- ``blt.eval.compare``: Markdown table and plots over training run directories;
+- ``blt.eval.harness``: the lm-evaluation-harness model ``blt`` (registered on import) and ``blt-lm-eval``.
 
 Submodules are imported on first use so ``import blt.eval`` stays cheap (no torch, no matplotlib).
 """
