@@ -223,13 +223,14 @@ def main(argv: list[str] | None = None) -> None:
         *map(str, runs),
         "--out",
         str(out / "comparison"),
+        "--overwrite",  # the study's own report, redone with its runs
     ]
     compare += [
-        "--data",
+        "--data.source",
         args.data,
         "--context",
         str(config.data.seq_len),
-        "--max-documents",
+        "--max_documents",
         str(args.eval_documents),
     ]
     for key in ("val_fraction", "max_doc_bytes", "max_bytes", "cache_dir"):

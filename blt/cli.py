@@ -6,30 +6,57 @@ Every console script builds its parser with :func:`new_parser` and adds config s
 documentation (the ``doc`` text of :func:`blt.config.doc`). jsonargparse rejects unknown keys and values of
 the wrong type by name; :func:`section` then builds the dataclass, whose own checks name their section.
 
-:func:`main` runs a command and turns the errors a user can cause into one line on stderr and exit code 2.
+:func:`main` runs a command and turns the errors a user can cause into one line on stderr and exit code 2;
+:func:`parse` makes the parser's own refusals such errors too. ``parse(..., defaults=False)`` and
+:func:`given_fields` tell what the user set from what is a default, for sections that override only the
+fields they name; :func:`add_overrides` and :func:`overrides` do it for a whole section (a checkpoint's
+patching), with every field None unless set. :func:`add_unread_sections` lets one training run file
+(``configs/*.yaml``) serve as ``--config`` of commands that read only some of its sections.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 
 from blt.config import ConfigError, from_dict
 
-USER_ERRORS = (ValueError, OSError)  # ConfigError and CheckpointError are ValueErrors
+USER_ERRORS = (ValueError, OSError)  # ConfigError, CheckpointError and UsageError are ValueErrors
+
+# top-level sections of a training run file (configs/*.yaml)
+RUN_SECTIONS = ("data", "entropy", "blt", "baseline", "optim", "trainer")
+
+
+class UsageError(ValueError):
+    """A command line the parser refused: an unknown option, a value of the wrong type, a missing file."""
+
+
+class ConfigFile(ActionConfigFile):
+    """``--config FILE`` whose errors name the file (jsonargparse's say only where in it, e.g. a YAML line)."""
+
+    def __call__(self, parser, cfg, values, option_string=None):
+        try:
+            super().__call__(parser, cfg, values, option_string)
+        except (ArgumentError, TypeError, ValueError) as e:
+            message = str(e)
+            raise TypeError(message if str(values) in message else f"--config {values}: {message}") from e
 
 
 def new_parser(prog: str, description: str, config_file: bool = True) -> ArgumentParser:
     """A parser with ``--config FILE`` (YAML of sections; repeatable) and ``--print_config``."""
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=True, default_env=False)
+    parser = ArgumentParser(
+        prog=prog, description=description, exit_on_error=True, default_env=False, allow_abbrev=False
+    )  # an abbreviated option is a typo, not an option
     if config_file:
         parser.add_argument(
-            "--config", action="config", help="YAML file of sections (repeatable: later files win)"
+            "--config", action=ConfigFile, help="YAML file of sections (repeatable: later files win)"
         )
     return parser
 
@@ -57,6 +84,70 @@ def field_docs(cls: type, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def add_overrides(parser: ArgumentParser, name: str, cls: type, help: str | None = None) -> None:
+    """Fields of dataclass ``cls`` as ``--name.field`` options that default to None (unchanged).
+
+    For a config that comes from elsewhere (a checkpoint's): :func:`overrides` gives the fields set, and
+    ``--print_config`` output fed back as ``--config`` changes nothing the user did not set."""
+    hints = typing.get_type_hints(cls)
+    fields = [
+        (f.name, hints[f.name] | None, dataclasses.field(default=None, metadata={"doc": _unchanged(f)}))
+        for f in dataclasses.fields(cls)
+    ]
+    partial = dataclasses.make_dataclass(f"{cls.__name__}Overrides", fields)
+    add_section(parser, name, partial, help=help or f"overrides of {(cls.__doc__ or cls.__name__).strip()}")
+
+
+def _unchanged(f: dataclasses.Field) -> str:
+    return f"{f.metadata.get('doc', f.name)} [unset or null: kept as it is]"
+
+
+def overrides(cfg: Namespace, name: str) -> dict[str, Any]:
+    """The fields of section ``name`` (added by :func:`add_overrides`) that the user set."""
+    return {k: v for k, v in (plain(cfg[name]) or {}).items() if v is not None}
+
+
+def add_unread_sections(parser: ArgumentParser, names: Sequence[str]) -> None:
+    """Accept sections ``names`` of a run file in ``--config`` without reading them (train.py checks them).
+
+    They are no options of this command, so ``--help`` does not list them."""
+    for name in names:
+        parser.add_argument(f"--{name}", type=dict | None, default=None, help=argparse.SUPPRESS)
+
+
+def parse(parser: ArgumentParser, argv: Sequence[str], defaults: bool = True) -> Namespace:
+    """``parser.parse_args(argv)``, its refusal a one-line :class:`UsageError` instead of usage text and exit.
+
+    ``defaults=False`` keeps only what the user set, by ``--config`` file or by flag: overrides that must not
+    reset the fields they do not name."""
+    parsers = _with_subcommands(parser)
+    exit_on_error = [p.exit_on_error for p in parsers]
+    for p in parsers:
+        p.exit_on_error = False  # raise ArgumentError instead of printing usage and exiting
+    try:
+        return parser.parse_args(list(argv), defaults=defaults)
+    except ArgumentError as e:
+        raise UsageError(" ".join(str(e).split())) from None  # jsonargparse's messages span lines
+    finally:
+        for p, value in zip(parsers, exit_on_error):
+            p.exit_on_error = value
+
+
+def _with_subcommands(parser: ArgumentParser) -> list[ArgumentParser]:
+    """``parser`` and the parsers of its subcommands, theirs included."""
+    out = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += _with_subcommands(sub)
+    return out
+
+
+def given_fields(given: Namespace, name: str) -> dict[str, Any]:
+    """Fields of section ``name`` (dotted) that the user set, from ``parse(..., defaults=False)``."""
+    return plain(given.get(name)) or {}
+
+
 def section(cfg: Namespace, name: str, cls: type):
     """The dataclass ``cls`` of section ``name`` of a parsed config; its checks' errors name the section."""
     value = cfg[name]
@@ -69,6 +160,9 @@ def main(prog: str, run: Callable[[Sequence[str]], int | None], argv: Sequence[s
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return run(argv) or 0
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # keep the exit-time flush quiet
+        return 0
     except USER_ERRORS as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -85,4 +179,20 @@ def plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["USER_ERRORS", "ConfigError", "add_section", "field_docs", "main", "new_parser", "plain", "section"]
+__all__ = [
+    "RUN_SECTIONS",
+    "USER_ERRORS",
+    "ConfigError",
+    "UsageError",
+    "add_overrides",
+    "add_section",
+    "add_unread_sections",
+    "field_docs",
+    "given_fields",
+    "main",
+    "new_parser",
+    "overrides",
+    "parse",
+    "plain",
+    "section",
+]

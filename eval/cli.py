@@ -1,123 +1,126 @@
 """``blt-eval``: bits per byte of a checkpoint on a corpus, and the comparison report over training runs.
 
-    blt-eval bpb --checkpoint DIR --data SOURCE [--split val] [--context N] [--stride N] [--json]
-                 [--data.key value ...] [--patching.key value ...]
-    blt-eval compare RUN_DIR... [--out DIR] [--data SOURCE [--data.key value ...]]
+    blt-eval bpb --checkpoint DIR [--data.source SOURCE] [--data.key value ...] [--split val|train|all]
+                 [--max_documents N] [--context N] [--stride N] [--batch_size N] [--json]
+                 [--patching.key value ...] [--config FILE]
+    blt-eval compare RUN_DIR... [--out DIR] [--overwrite]
+                 [--data.source SOURCE [--data.key value ...] [--split ...] [--max_documents N] ...]
 
-``--data.key value`` sets any field of the data config (blt.data.DataConfig, e.g. ``--data.val_fraction``);
-``--patching.key value`` overrides a BLT checkpoint's patching (e.g. ``--patching.scheme static
---patching.patch_size 6``). Errors the user can cause (paths, kinds, values) are printed as one line.
+``--data.*`` is the data config (blt.data.DataConfig): the corpus ``--data.source`` (default stdlib) and how
+it is split into documents and train/validation (e.g. ``--data.val_fraction``); a training run file given as
+``--config`` gives its data section (its other sections are not read). ``--patching.*`` overrides
+the fields it names of a BLT checkpoint's patching (e.g. ``--patching.scheme static --patching.patch_size 6``)
+and keeps the others. ``compare`` re-evaluates every run's model only when given ``--data.source``.
+Errors the user can cause (paths, kinds, values) are printed as one line, exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import itertools
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
-from blt.checkpoint import CheckpointError, load
-from blt.config import ConfigError, PatchingConfig, from_dict, merge, parse_overrides, to_dict
+from jsonargparse import ArgumentParser, Namespace
 
-SECTIONS = ("data", "patching")  # dotted overrides this CLI accepts
+from blt import cli
+from blt.config import ConfigError, PatchingConfig
+
+SCORING = "Every byte of every document is scored once given BOS and the bytes before it; EOS is not scored."
+CORPUS_OPTIONS = ("split", "max_documents", "context", "stride", "batch_size")  # how a corpus is scored
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="blt-eval", description=__doc__.split("\n")[0], allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> ArgumentParser:
+    from blt.data import DataConfig  # torch: only once a command runs, not on import
 
-    epilog = (
-        "--data.KEY VALUE sets any data config field (e.g. --data.val_fraction 0.05); --patching.KEY VALUE "
-        "overrides a BLT's patching (e.g. --patching.scheme static --patching.patch_size 6). Every byte of "
-        "every document is scored once given BOS and the bytes before it; EOS is not scored."
-    )
-    bpb = sub.add_parser(
-        "bpb", help="bits per byte of a checkpoint on a corpus", epilog=epilog, allow_abbrev=False
-    )
+    parser = cli.new_parser("blt-eval", __doc__.split("\n")[0].replace("``", ""), config_file=False)
+    commands = parser.add_subcommands(dest="command")
+
+    bpb = cli.new_parser("blt-eval bpb", f"Bits per byte of a checkpoint on a corpus. {SCORING}")
     bpb.add_argument(
-        "--checkpoint", required=True, help="checkpoint directory (ours, a transformers BLT, or a run)"
+        "--checkpoint",
+        type=str,
+        required=True,
+        help="checkpoint directory (ours, a transformers BLT, or a run)",
     )
-    bpb.add_argument(
-        "--data", required=True, help="corpus: stdlib, a file, folder, glob, .jsonl, .parquet, hub name"
-    )
-    bpb.add_argument(
-        "--split",
-        default="val",
-        choices=("train", "val", "all"),
-        help="which split of the corpus (all: every document, for a corpus the model was not trained on)",
-    )
-    bpb.add_argument("--max-documents", type=int, default=None, help="score only the first N documents")
-    _add_window_args(bpb)
     bpb.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    _add_corpus_options(bpb, DataConfig)
+    cli.add_overrides(
+        bpb, "patching", PatchingConfig, help="a BLT checkpoint's patching: each field given replaces its own"
+    )
+    commands.add_subcommand("bpb", bpb, help="bits per byte of a checkpoint on a corpus")
 
-    cmp = sub.add_parser(
-        "compare", help="Markdown table and plots over training run directories", allow_abbrev=False
+    compare = cli.new_parser(
+        "blt-eval compare", "Markdown table, JSON and PNG plots over training run directories."
     )
-    cmp.add_argument("runs", nargs="+", help="run directories (summary.json, metrics.csv, model/)")
-    cmp.add_argument("--out", default="comparison", help="folder for comparison.md and the PNG plots")
-    cmp.add_argument("--data", default=None, help="re-evaluate every run's model/ on this corpus's split")
-    cmp.add_argument("--split", default="val", choices=("train", "val", "all"), help="split used with --data")
-    cmp.add_argument(
-        "--max-documents", type=int, default=None, help="with --data: score only the first N documents"
+    compare.add_argument(
+        "runs", nargs="+", type=str, help="run directories (summary.json, metrics.csv, model/)"
     )
-    _add_window_args(cmp)
+    compare.add_argument(
+        "--out", type=str, default="comparison", help="folder for comparison.md and the plots"
+    )
+    compare.add_argument(
+        "--overwrite", action="store_true", help="replace the report an existing --out holds"
+    )
+    _add_corpus_options(
+        compare, DataConfig, "re-evaluate every run's model/ on this corpus (with --data.source)"
+    )
+    commands.add_subcommand("compare", compare, help="Markdown table and plots over training run directories")
     return parser
 
 
-def _add_window_args(parser: argparse.ArgumentParser) -> None:
+def _add_corpus_options(parser: ArgumentParser, data_config: type, data_help: str | None = None) -> None:
+    cli.add_section(parser, "data", data_config, help=data_help)
+    cli.add_unread_sections(parser, [s for s in cli.RUN_SECTIONS if s != "data"])  # a run file's data section
+    parser.add_argument(
+        "--split",
+        type=Literal["train", "val", "all"],
+        default="val",
+        help="which split of the corpus (all: every document, for a corpus the model was not trained on)",
+    )
+    parser.add_argument("--max_documents", type=int, default=None, help="score only the first N documents")
     parser.add_argument(
         "--context", type=int, default=None, help="ids per window (default: the model's max_seq_len)"
     )
     parser.add_argument(
         "--stride", type=int, default=None, help="targets scored per later window (default: context/2)"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument("--batch_size", type=int, default=8, help="windows per forward pass")
 
 
-def _overrides(extra: list[str]) -> dict:
-    overrides = parse_overrides(extra)
-    for key in overrides:
-        if key not in SECTIONS or not isinstance(overrides[key], dict):
-            raise ConfigError(f"unknown option --{key} (dotted options: --data.<key>, --patching.<key>)")
-    return overrides
+def documents(args: Namespace):
+    from blt.data import DataConfig, corpus_documents, iter_documents
 
-
-def data_config(source: str, overrides: dict):
-    from blt.data import DataConfig
-
-    return from_dict(DataConfig, merge({"source": source}, overrides.get("data", {})), prefix="data.")
-
-
-def documents(args, overrides: dict):
-    from blt.data import corpus_documents, iter_documents
-
-    config = data_config(args.data, overrides)
+    config = cli.section(args, "data", DataConfig)
     docs = corpus_documents(config) if args.split == "all" else iter_documents(config, args.split)
     if args.max_documents is not None:
         if args.max_documents < 1:
-            raise ValueError(f"--max-documents must be >= 1, got {args.max_documents}")
+            raise ValueError(f"--max_documents must be >= 1, got {args.max_documents}")
         docs = itertools.islice(docs, args.max_documents)
     return docs
 
 
-def patching_override(loaded, overrides: dict) -> PatchingConfig | None:
-    if "patching" not in overrides:
+def patching_override(loaded, fields: dict) -> PatchingConfig | None:
+    """The checkpoint's patching with the fields the user set replaced (None: no field set)."""
+    if not fields:
         return None
     if loaded.kind not in ("blt", "hf-blt"):
         raise ConfigError(f"--patching.* options apply to BLT checkpoints only, not to kind {loaded.kind!r}")
-    base = to_dict(loaded.model.config.patching)
-    return from_dict(PatchingConfig, merge(base, overrides["patching"]), prefix="patching.")
+    return dataclasses.replace(loaded.model.config.patching, **fields)  # __post_init__ checks the result
 
 
-def evaluate_checkpoint(path, args, overrides: dict):
-    """Load ``path`` and score the corpus chosen by ``args`` (shared by ``bpb`` and ``compare --data``)."""
+def evaluate_checkpoint(path, args: Namespace, patching: dict):
+    """Load ``path`` and score the corpus chosen by ``args`` (shared by ``bpb`` and ``compare``)."""
+    from blt.checkpoint import load
     from blt.eval.bpb import evaluate, scorer_for
 
     loaded = load(path)
-    scorer = scorer_for(loaded, args.context, patching_override(loaded, overrides))
-    return evaluate(scorer, documents(args, overrides), args.stride, args.batch_size)
+    scorer = scorer_for(loaded, args.context, patching_override(loaded, patching))
+    return evaluate(scorer, documents(args), args.stride, args.batch_size)
 
 
 def format_result(result) -> str:
@@ -132,36 +135,56 @@ def format_result(result) -> str:
     return "\n".join(lines)
 
 
-def cmd_bpb(args, overrides: dict) -> None:
-    result = evaluate_checkpoint(args.checkpoint, args, overrides)
+def cmd_bpb(args: Namespace, given: Namespace) -> None:
+    result = evaluate_checkpoint(args.checkpoint, args, cli.overrides(args, "patching"))
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), **result.to_dict()}))
     else:
         print(format_result(result))
 
 
-def cmd_compare(args, overrides: dict) -> None:
+def check_report_folder(out: str, overwrite: bool) -> None:
+    """Before any work: --out must be a folder, and a report already in it is replaced only on request."""
+    from blt.eval.compare import report_paths
+
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder for the report")
+    existing = [path.name for path in report_paths(out).values() if path.exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"--out {out} already holds a report ({', '.join(existing)}): pass --overwrite to replace it"
+        )
+
+
+def cmd_compare(args: Namespace, given: Namespace) -> None:
     from blt.eval.compare import compare_runs
 
-    if "patching" in overrides:
-        raise ConfigError("compare takes no --patching.* options (each run keeps its own patching)")
-    if args.data is None and (overrides or args.max_documents is not None):
-        raise ConfigError("--data.* and --max-documents need --data SOURCE")
-    evaluate_fn = (lambda run: evaluate_checkpoint(run, args, overrides)) if args.data else None
+    data = cli.given_fields(given, "data")
+    if "source" not in data:
+        unused = [f"--data.{key}" for key in data] + [f"--{key}" for key in CORPUS_OPTIONS if key in given]
+        if unused:
+            raise ConfigError(f"{', '.join(unused)}: only read with --data.source SOURCE (re-evaluation)")
+    check_report_folder(args.out, args.overwrite)
+    evaluate_fn = (lambda run: evaluate_checkpoint(run, args, {})) if "source" in data else None
     written = compare_runs(args.runs, args.out, evaluate_fn)
     print(Path(written["table"]).read_text())
     print("wrote " + ", ".join(str(p) for p in written.values()))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, extra = _parser().parse_known_args(argv)
-    try:
-        overrides = _overrides(extra)
-        {"bpb": cmd_bpb, "compare": cmd_compare}[args.command](args, overrides)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"blt-eval {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+def parse_args(argv: Sequence[str]) -> tuple[Namespace, Namespace]:
+    """The chosen command's options, and the part of them the user set (by --config file or flag)."""
+    parser = build_parser()
+    args, given = cli.parse(parser, argv), cli.parse(parser, argv, defaults=False)
+    return args, given.get(args.command, Namespace())
+
+
+def eval_command(argv: Sequence[str]) -> None:
+    args, given = parse_args(argv)
+    {"bpb": cmd_bpb, "compare": cmd_compare}[args.command](args[args.command], given)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.main("blt-eval", eval_command, argv)
 
 
 if __name__ == "__main__":

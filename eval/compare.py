@@ -209,6 +209,17 @@ def plot_val_curves(runs: Sequence[Run], path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def report_paths(out_dir: str | Path) -> dict[str, Path]:
+    """The files :func:`compare_runs` writes into ``out_dir``."""
+    out = Path(out_dir)
+    return {
+        "table": out / "comparison.md",
+        "json": out / "comparison.json",
+        "bpb_vs_flops": out / "bpb_vs_inference_flops.png",
+        "val_curves": out / "val_curves.png",
+    }
+
+
 def compare_runs(
     run_dirs: Sequence[str | Path], out_dir: str | Path, evaluate: Callable[[Path], object] | None = None
 ) -> dict[str, Path]:
@@ -225,14 +236,8 @@ def compare_runs(
             result = evaluate(Path(d))
             run.bpb, run.stderr, run.unit_size = result.bits_per_byte, result.stderr, result.bytes_per_unit
             run.inference_flops_per_byte = result.flops["inference_flops_per_byte"]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "table": out / "comparison.md",
-        "json": out / "comparison.json",
-        "bpb_vs_flops": out / "bpb_vs_inference_flops.png",
-        "val_curves": out / "val_curves.png",
-    }
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = report_paths(out_dir)
     paths["table"].write_text(markdown_table(runs) + against_baseline(runs))
     rows = [
         {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(r).items()} for r in runs

@@ -127,7 +127,7 @@ def test_convert_takes_a_run_directory_and_never_writes_into_it(root, tmp_path, 
     run = root / "runs" / "blt"
     assert convert_main([str(run), str(tmp_path / "hf")]) == 0
     assert kind_of(tmp_path / "hf") == "hf-blt"
-    assert convert_main([str(run), str(run / "model")]) == 1  # DST is the model the run directory stands for
+    assert convert_main([str(run), str(run / "model")]) == 2  # DST is the model the run directory stands for
     assert "DST must differ from SRC" in capsys.readouterr().err
     assert kind_of(run) == "blt"
 

@@ -1,20 +1,23 @@
 """blt-eval bpb on BLT checkpoints: same bytes as the entropy model, patch counts, patching overrides."""
 
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
 
+from blt import cli
 from blt.config import (
     BLTConfig,
     EntropyModelConfig,
     LocalDecoderConfig,
     LocalEncoderConfig,
+    PatchingConfig,
     TransformerConfig,
 )
 from blt.data import DataConfig, iter_documents
-from blt.eval.cli import main
+from blt.eval.cli import main, parse_args, patching_override
 from blt.eval.loading import load_model
 from blt.model import BLT
 
@@ -45,7 +48,7 @@ def bpb(capsys, checkpoint, corpus, *extra):
         "bpb",
         "--checkpoint",
         str(checkpoint),
-        "--data",
+        "--data.source",
         str(corpus),
         "--data.val_fraction",
         "0.3",
@@ -81,19 +84,50 @@ def test_static_patching_override_counts_patches(blt_dir, text_corpus, capsys):
     )
 
 
-def test_bad_patch_size_is_a_clear_error(blt_dir, text_corpus, capsys):
-    argv = ["bpb", "--checkpoint", str(blt_dir), "--data", str(text_corpus), "--patching.patch_size", "0"]
-    assert main(argv) == 2
-    assert "patch_size must be > 0" in capsys.readouterr().err
-    argv = ["bpb", "--checkpoint", str(blt_dir), "--data", str(text_corpus), "--patching.scheme", "bogus"]
-    assert main(argv) == 2
-    assert "'bogus' is not one of" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], None),  # no field given: the checkpoint patches as it was trained
+        (["--patching.max_patch_length", "4"], {"max_patch_length": 4}),
+        (["--patching.scheme", "static"], {"scheme": "static"}),
+        (["--config", "PATCHING"], {"scheme": "static", "patch_size": 3}),
+        (["--config", "PATCHING", "--patching.patch_size", "5"], {"scheme": "static", "patch_size": 5}),
+        (["--config", "PRINTED"], {"scheme": "static"}),  # --print_config output sets only what was set
+    ],
+)
+def test_patching_options_replace_only_the_fields_given(flags, expected, blt_dir, tmp_path, capsys):
+    (tmp_path / "patching.yaml").write_text("patching:\n  scheme: static\n  patch_size: 3\n")
+    with pytest.raises(SystemExit):
+        main(["bpb", "--checkpoint", str(blt_dir), "--patching.scheme", "static", "--print_config"])
+    (tmp_path / "printed.yaml").write_text(capsys.readouterr().out)
+    files = {"PATCHING": str(tmp_path / "patching.yaml"), "PRINTED": str(tmp_path / "printed.yaml")}
+    argv = ["bpb", "--checkpoint", str(blt_dir), *(files.get(a, a) for a in flags)]
+    args, _ = parse_args(argv)
+    loaded = load_model(blt_dir)
+    own = loaded.model.config.patching
+    assert own.threshold == 5.11 != PatchingConfig().threshold  # not the dataclass default
+    override = patching_override(loaded, cli.overrides(args.bpb, "patching"))
+    assert override == (None if expected is None else dataclasses.replace(own, **expected))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--patching.patch_size", "0"], "patching.patch_size must be > 0"),
+        (["--patching.scheme", "bogus"], "patching.scheme"),
+        (["--patching.threshold", "high"], "patching.threshold"),
+        (["--patching.bogus", "1"], "--patching.bogus"),
+    ],
+)
+def test_bad_patching_is_a_clear_error(flags, message, blt_dir, text_corpus, capsys):
+    assert main(["bpb", "--checkpoint", str(blt_dir), "--data.source", str(text_corpus), *flags]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_transformers_layout_blt_scores_the_same(blt_dir, tmp_path, text_corpus, capsys):
     hf_dir = BLT.from_pretrained(blt_dir).save_pretrained(tmp_path / "hf", format="hf")
     assert load_model(hf_dir).kind == "hf-blt"
-    ours = bpb(capsys, blt_dir, text_corpus, "--context", "256", "--max-documents", "3")
-    theirs = bpb(capsys, hf_dir, text_corpus, "--context", "256", "--max-documents", "3")
+    ours = bpb(capsys, blt_dir, text_corpus, "--context", "256", "--max_documents", "3")
+    theirs = bpb(capsys, hf_dir, text_corpus, "--context", "256", "--max_documents", "3")
     assert theirs["n_bytes"] == ours["n_bytes"] and theirs["bytes_per_unit"] == ours["bytes_per_unit"]
     assert theirs["bits"] == pytest.approx(ours["bits"], rel=1e-5)

@@ -129,13 +129,44 @@ def test_compare_cli(runs, tmp_path, capsys):
     assert (tmp_path / "cli" / "val_curves.png").is_file()
 
 
-def test_compare_cli_errors(runs, tmp_path, capsys):
+def test_compare_keeps_an_existing_report_unless_told(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # a folder without a report is fine to write into
+    argv = ["compare", str(runs[3]), "--out", str(out)]
+    assert main(argv) == 0
+    (out / "comparison.md").write_text("an earlier report")
+    assert main(argv) == 2
+    assert "already holds a report (comparison.md, comparison.json" in capsys.readouterr().err
+    assert (out / "comparison.md").read_text() == "an earlier report"
+    assert main([*argv, "--overwrite"]) == 0
+    assert "| bpe | baseline | BPE |" in (out / "comparison.md").read_text()
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--out", "FILE"], "is a file, not a folder"),
+        (["--out", "FILE", "--overwrite"], "is a file, not a folder"),
+        (["--data.val_fraction", "0.5"], "--data.val_fraction: only read with --data.source"),
+        (["--max_documents", "3", "--context", "8"], "--max_documents, --context: only read with --data.source"),
+        (["--bogus.key", "1"], "unrecognized arguments: --bogus.key"),
+        (["--patching.scheme", "static"], "unrecognized arguments: --patching.scheme"),  # runs keep their own
+        (["--max-documents", "3"], "unrecognized arguments: --max-documents"),
+    ],
+)
+def test_compare_cli_errors(extra, message, runs, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    argv = ["compare", str(runs[0]), "--out", str(tmp_path / "x"), *extra]
+    assert main([str(tmp_path / "file") if a == "FILE" else a for a in argv]) == 2
+    assert message in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "not a folder" and not (tmp_path / "x").exists()
+
+
+def test_compare_of_a_missing_run_is_a_clear_error(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "no summary.json" in capsys.readouterr().err
-    assert main(["compare", str(runs[0]), "--data.val_fraction", "0.5"]) == 2
-    assert "need --data" in capsys.readouterr().err
-    assert main(["compare", str(runs[0]), "--bogus.key", "1"]) == 2
-    assert "unknown option --bogus" in capsys.readouterr().err
 
 
 def test_summary_with_a_non_numeric_value_is_a_clear_error(tmp_path):

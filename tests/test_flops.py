@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from blt import cli
 from blt.config import (
     BLTConfig,
     EntropyModelConfig,
@@ -16,8 +18,6 @@ from blt.config import (
     LocalEncoderConfig,
     PatchingConfig,
     TransformerConfig,
-    from_dict,
-    load_yaml,
 )
 from blt.eval.flops import (
     attended_context,
@@ -26,6 +26,7 @@ from blt.eval.flops import (
     layer_flops,
     tokenized_flops_per_byte,
 )
+from blt.eval.flops_cli import build_parser
 from blt.eval.flops_cli import main as flops_main
 from blt.lm import CausalLM
 from blt.model import BLT
@@ -241,24 +242,23 @@ def test_blt_agrees_with_flop_counter(decoder_all_layers):
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_config_model_section_loads(path):
-    from blt.baseline import BaselineTrainConfig
-
-    data = load_yaml(path)
-    sections = {"entropy": EntropyModelConfig, "blt": BLTConfig, "baseline": BaselineTrainConfig}
-    for name in [name for name in sections if name in data]:
-        from_dict(sections[name], data[name], prefix=f"{name}.")
+def test_every_config_model_section_loads(path, capsys):
+    assert flops_main(["--config", str(path), "--json"]) == 0, capsys.readouterr().err
+    sections = yaml.safe_load(path.read_text())
+    expected = {name for name in ("blt", "entropy", "baseline") if name in sections}
+    assert set(json.loads(capsys.readouterr().out)["models"]) == expected
 
 
 def test_paper_scale_entropy_model_shape():
-    entropy = from_dict(EntropyModelConfig, load_yaml(CONFIGS / "entropy-100m.yaml")["entropy"])
+    args = cli.parse(build_parser(), ["--config", str(CONFIGS / "entropy-100m.yaml")])
+    entropy = cli.section(args, "entropy", EntropyModelConfig)
     assert (entropy.n_layers, entropy.dim, entropy.n_heads, entropy.window) == (14, 768, 12, 512)
     params = entropy.n_layers * (4 * 768 * 768 + 3 * 768 * entropy.hidden_dim) + 2 * 260 * 768
     assert 80e6 < params < 120e6
 
 
 def test_cli_arch_json(capsys):
-    args = "--arch bpe --layers 24 --dim 1280 --vocab 32000 --context-bytes 8192 --bytes-per-token 3.7 --json"
+    args = "--arch bpe --layers 24 --dim 1280 --vocab 32000 --context_bytes 8192 --bytes_per_token 3.7 --json"
     assert flops_main(args.split()) == 0
     report = json.loads(capsys.readouterr().out)
     assert f"{report['inference_flops_per_byte']:.1e}" == "3.1e+08"
@@ -266,7 +266,7 @@ def test_cli_arch_json(capsys):
 
 
 def test_cli_config_reports_every_model_section(capsys):
-    assert flops_main(["--config", str(CONFIGS / "blt-400m.yaml"), "--patch-size", "6", "--json"]) == 0
+    assert flops_main(["--config", str(CONFIGS / "blt-400m.yaml"), "--patch_size", "6", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["models"]) == {"blt", "entropy", "baseline"}
     assert report["models"]["blt"]["mean_patch_size"] == 6
@@ -277,10 +277,25 @@ def test_cli_config_reports_every_model_section(capsys):
 def test_cli_reports_a_bundled_entropy_model(tmp_path, capsys):
     path = tmp_path / "bundled.yaml"
     path.write_text("blt:\n  entropy_model: {dim: 32, n_layers: 1, n_heads: 2}\n")
-    assert flops_main(["--config", str(path), "--context-bytes", "512", "--json"]) == 0
+    assert flops_main(["--config", str(path), "--context_bytes", "512", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     expected = entropy_flops_per_byte(EntropyModelConfig(dim=32, n_layers=1, n_heads=2), context_bytes=512)
     assert report["models"]["entropy"]["inference_flops_per_byte"] == expected.inference_flops_per_byte
+
+
+def test_cli_sections_from_flags_override_the_config(capsys):
+    def blt_flops(*argv):
+        assert flops_main(["--json", *argv]) == 0
+        return json.loads(capsys.readouterr().out)["models"]
+
+    tiny = ["--config", str(CONFIGS / "tiny.yaml")]
+    base = blt_flops(*tiny)["blt"]["parts"]
+    deeper = blt_flops(*tiny, "--blt.global_transformer.n_layers", "4")["blt"]["parts"]
+    assert deeper["global.ffn"] == 2 * base["global.ffn"]  # tiny.yaml's global model has 2 layers
+    assert deeper["encoder.ffn"] == base["encoder.ffn"]
+    # flags alone make a section: the default BLT with one field changed, and nothing else reported
+    (name,) = blt_flops("--blt.cross_attn_k", "4")
+    assert name == "blt"
 
 
 def test_cli_text_output(capsys):
@@ -292,16 +307,23 @@ def test_cli_text_output(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--config", "CONFIG", "--patch-size", "0"], "--patch-size must be > 0"),
-        (["--config", "CONFIG", "--patch-size", "-2"], "--patch-size must be > 0"),
-        (["--config", "missing.yaml"], "config file not found"),
+        (["--config", "CONFIG", "--patch_size", "0"], "--patch_size must be > 0"),
+        (["--config", "CONFIG", "--patch_size", "-2"], "--patch_size must be > 0"),
+        (["--config", "CONFIG", "--patch-size", "6"], "unrecognized arguments: --patch-size"),
+        (["--config", "missing.yaml"], "missing.yaml"),
         (["--arch", "bpe", "--layers", "2"], "--dim, --vocab"),
         (
-            ["--arch", "bpe", "--layers", "2", "--dim", "64", "--vocab", "100", "--bytes-per-token", "0"],
+            ["--arch", "bpe", "--layers", "2", "--dim", "64", "--vocab", "100", "--bytes_per_token", "0"],
             "bytes_per_token",
         ),
+        (["--arch", "gpt"], "arch"),
+        (["--arch", "bpe", "--config", "CONFIG"], "--arch bpe takes no model sections, got blt"),
+        (["--arch", "bpe", "--layers", "2", "--dim", "64", "--vocab", "9", "--patch_size", "4"], "not to --arch"),
+        ([], "none of the model sections"),
         (["--config", "EMPTY"], "none of the model sections"),
-        (["--config", "BADKEY"], "unknown config key 'blt.encoder.widht'"),
+        (["--config", "BADKEY"], "encoder.widht"),
+        (["--config", "CONFIG", "--blt.encoder.widht", "3"], "--blt.encoder.widht"),
+        (["--config", "CONFIG", "--blt.encoder.dim", "wide"], "blt.encoder.dim"),
     ],
 )
 def test_cli_bad_input(args, message, tmp_path, capsys):
@@ -312,7 +334,6 @@ def test_cli_bad_input(args, message, tmp_path, capsys):
         "EMPTY": str(tmp_path / "empty.yaml"),
         "BADKEY": str(tmp_path / "badkey.yaml"),
     }
-    with pytest.raises(SystemExit) as exit_info:
-        flops_main([paths.get(a, a) for a in args])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert flops_main([paths.get(a, a) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blt-flops: error: ") and message in err

@@ -176,12 +176,36 @@ def test_convert_cli(tmp_path, capsys):
     a, b = BLT.from_pretrained(tmp_path / "hf"), BLT.from_pretrained(tmp_path / "back")
     ids = random_ids(1, 20)
     torch.testing.assert_close(a(ids).logits, b(ids).logits, atol=0, rtol=0)
-    assert convert_main([str(tmp_path / "nowhere"), str(tmp_path / "x")]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    # a model already at DST is kept unless --overwrite says otherwise; an empty folder is no model
+    (tmp_path / "empty").mkdir()
+    assert convert_main([str(tmp_path / "back"), str(tmp_path / "empty"), "--to", "blt"]) == 0
+    assert json.loads((tmp_path / "empty" / "config.json").read_text())["kind"] == "blt"
     before = (tmp_path / "ours" / "config.json").read_text()
-    assert convert_main([str(tmp_path / "ours"), str(tmp_path / "." / "ours")]) == 1  # would overwrite SRC
-    assert "DST must differ from SRC" in capsys.readouterr().err
+    assert convert_main([str(tmp_path / "back"), str(tmp_path / "ours"), "--to", "hf"]) == 2
+    assert "exists and is not an empty folder: pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "ours" / "config.json").read_text() == before
+    assert convert_main([str(tmp_path / "back"), str(tmp_path / "ours"), "--to", "hf", "--overwrite"]) == 0
+    assert "model_type" in json.loads((tmp_path / "ours" / "config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["NOWHERE", "X"], "does not exist"),
+        (["SRC", "SRC_AGAIN", "--overwrite"], "DST must differ from SRC"),  # would overwrite SRC
+        (["SRC", "X", "--to", "gguf"], "Parser key \"to\""),
+        (["SRC"], "dst"),
+        (["SRC", "X", "--format", "hf"], "unrecognized arguments: --format"),
+    ],
+)
+def test_convert_cli_errors(argv, message, tmp_path, capsys):
+    tiny_blt().save_pretrained(tmp_path / "src")
+    before = (tmp_path / "src" / "config.json").read_text()
+    paths = {"NOWHERE": tmp_path / "nowhere", "X": tmp_path / "x", "SRC": tmp_path / "src", "SRC_AGAIN": tmp_path / "." / "src"}
+    assert convert_main([str(paths.get(a, a)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blt-convert: error: ") and message in err
+    assert (tmp_path / "src" / "config.json").read_text() == before and not (tmp_path / "x").exists()
 
 
 def test_saving_over_a_sharded_checkpoint_replaces_it(tmp_path):

@@ -1,5 +1,7 @@
 """The blt-patch command line: statistics, HTML and PNG pictures, clear errors."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,6 +10,8 @@ from blt.patcher import EntropyModel
 from blt.patcher.cli import main
 from blt.patcher.picture import byte_labels
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 def saved_model(path):
     torch.manual_seed(0)
@@ -15,10 +19,18 @@ def saved_model(path):
     return str(path)
 
 
+def error(capsys, argv):
+    """The one-line message of a command line that fails with exit code 2."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("blt-patch: error: ") and err.count("\n") == 1
+    return err
+
+
 def test_space_scheme_statistics_and_pictures(tmp_path, capsys):
     html, png = tmp_path / "p.html", tmp_path / "p.png"
     text = "a <b>bold</b> & naïve  test"
-    assert main(["--text", text, "--scheme", "space", "--html", str(html), "--png", str(png)]) == 0
+    assert main(["--text", text, "--patching.scheme", "space", "--html", str(html), "--png", str(png)]) == 0
     out = capsys.readouterr().out
     assert "bytes                       28" in out
     assert "mean patch length" in out and "patches per KB" in out and "bytes in patches of 1 byte" in out
@@ -29,38 +41,107 @@ def test_space_scheme_statistics_and_pictures(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def mean_patch_length(out):
+    return float(next(line for line in out.splitlines() if line.startswith("mean patch length")).split()[-1])
+
+
+def test_patching_section_from_flags_and_config_file(tmp_path, capsys):
+    text = "abcdefghijklmnopqrstuvwxyz"  # 26 bytes
+    assert main(["--text", text, "--patching.scheme", "static", "--patching.patch_size", "5"]) == 0
+    assert mean_patch_length(capsys.readouterr().out) == pytest.approx(26 / 6, abs=1e-3)  # printed to 3 decimals
+    config = tmp_path / "patch.yaml"
+    config.write_text("patching:\n  scheme: static\n  patch_size: 2\nmax_bytes: 10\n")
+    assert main(["--text", text, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "bytes                       10" in out and mean_patch_length(out) == pytest.approx(2.0)
+    assert main(["--text", text, "--config", str(config), "--patching.patch_size", "13"]) == 0  # flags win
+    assert mean_patch_length(capsys.readouterr().out) == pytest.approx(10.0)
+
+
 def test_entropy_scheme_with_model_file_and_calibration(tmp_path, capsys):
     model = saved_model(tmp_path / "em")
     data = tmp_path / "in.txt"
     data.write_bytes(b"The quick brown fox jumps over the lazy dog.\n" * 6)
-    assert main([str(data), "--model", model, "--target-patch-size", "3", "--chunk-size", "50",
+    assert main([str(data), "--model", model, "--target_patch_size", "3", "--chunk_size", "50",
                  "--html", str(tmp_path / "p.html")]) == 0
     out = capsys.readouterr().out
     assert "calibrated: threshold = " in out and "target 3.000" in out
-    mean = float(next(line for line in out.splitlines() if line.startswith("mean patch length")).split()[-1])
-    assert abs(mean - 3) < 0.1
+    assert abs(mean_patch_length(out) - 3) < 0.1
     assert "H = " in (tmp_path / "p.html").read_text(encoding="utf-8")
-    config = tmp_path / "blt.yaml"
-    config.write_text("blt:\n  patching:\n    patch_size: 4\n")
-    assert main([str(data), "--model", model, "--target-global-share", "0.6", "--config", str(config)]) == 0
+
+
+@pytest.mark.parametrize(
+    "blt",
+    [
+        ["--config", "RUN_FILE"],  # a whole training run file: its other sections are not read
+        ["--config", "BLT_ONLY"],
+        ["--blt.patching.patch_size", "4", "--blt.global_transformer.n_layers", "2"],  # no file at all
+    ],
+    ids=["run-file", "blt-section", "flags"],
+)
+def test_calibration_to_a_global_share(blt, tmp_path, capsys):
+    model = saved_model(tmp_path / "em")
+    (tmp_path / "blt.yaml").write_text("blt:\n  patching:\n    patch_size: 4\n")
+    files = {"RUN_FILE": str(CONFIGS / "tiny.yaml"), "BLT_ONLY": str(tmp_path / "blt.yaml")}
+    argv = ["--text", "The quick brown fox jumps over the lazy dog." * 3, "--model", model]
+    assert main([*argv, "--target_global_share", "0.3", *(files.get(a, a) for a in blt)]) == 0
     assert "calibrated: threshold = " in capsys.readouterr().out
 
 
-def test_clear_errors(tmp_path, capsys):
-    assert main(["--text", "abc"]) == 2
-    assert "needs an entropy model: pass --model" in capsys.readouterr().err
-    assert main([str(tmp_path / "missing.txt"), "--scheme", "byte"]) == 2
-    assert "input file not found" in capsys.readouterr().err
-    assert main(["--text", "", "--scheme", "byte"]) == 2
-    assert "empty input" in capsys.readouterr().err
-    assert main(["--text", "abc", "--model", str(tmp_path)]) == 2
-    assert "no config.json" in capsys.readouterr().err
-    assert main(["--text", "abc", "--model", saved_model(tmp_path / "em"), "--threshold", "nan"]) == 2
-    assert "NaN" in capsys.readouterr().err
-    assert main(["--text", "abc", "--scheme", "static", "--target-patch-size", "3"]) == 2
-    assert "has none" in capsys.readouterr().err
-    assert main(["--text", "abc", "--model", str(tmp_path / "em"), "--target-global-share", "0.5"]) == 2
-    assert "needs --config" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--text", "abc"], "needs an entropy model: pass --model"),
+        (["MISSING", "--patching.scheme", "byte"], "input file not found"),
+        (["--text", "", "--patching.scheme", "byte"], "empty input"),
+        (["--text", "abc", "--model", "TMP"], "no config.json"),
+        (["--text", "abc", "--model", "MODEL", "--patching.threshold", "nan"], "patching.threshold"),
+        (["--text", "abc", "--model", "MODEL", "--patching.patch_size", "0"], "patching.patch_size must be > 0"),
+        (["--text", "abc", "--patching.scheme", "bpe"], "patching.scheme"),
+        (["--text", "abc", "--patching.scheme", "static", "--target_patch_size", "3"], "has none"),
+        (["--text", "abc", "--model", "MODEL", "--target_global_share", "0.5"], "needs the BLT's shape"),
+        (["--text", "abc", "--scheme", "byte"], "unrecognized arguments: --scheme"),  # the flag of old
+        (["--text", "abc", "--target-patch-size", "3"], "unrecognized arguments: --target-patch-size"),
+        (["--text", "abc", "--patching.schem", "byte"], "unrecognized arguments: --patching.schem"),
+        (["--text", "abc", "--max_bytes", "0", "--patching.scheme", "byte"], "--max_bytes must be positive"),
+        (["--text", "abc", "--chunk_size", "x"], "chunk_size"),
+        (["--text", "abc", "--config", "MISSING"], "MISSING"),
+        (["FILE", "--text", "abc"], "give either a FILE or --text"),
+    ],
+)
+def test_clear_errors(argv, message, tmp_path, capsys):
+    (tmp_path / "in.txt").write_text("abc")
+    paths = {"TMP": str(tmp_path), "MODEL": str(tmp_path / "em"), "MISSING": str(tmp_path / "MISSING"),
+             "FILE": str(tmp_path / "in.txt")}
+    if "MODEL" in argv:
+        saved_model(tmp_path / "em")
+    assert message in error(capsys, [paths.get(a, a) for a in argv])
+
+
+def test_review_fixes(tmp_path, capsys):
+    # a picture into a missing directory fails up front with a message, not a traceback after the work
+    assert "--html: directory" in error(capsys, ["--text", "abc", "--patching.scheme", "byte", "--html", str(tmp_path / "no" / "p.html")])
+    assert "--png: directory" in error(capsys, ["--text", "abc", "--patching.scheme", "byte", "--png", str(tmp_path / "no" / "p.png")])
+    assert "Is a directory" in error(capsys, ["--text", "abc", "--patching.scheme", "byte", "--html", str(tmp_path)])
+    # a blt section that is no mapping, or none at all, is refused instead of silently using the default BLT
+    model = saved_model(tmp_path / "em")
+    args = ["--text", "abc", "--model", model, "--target_global_share", "0.5", "--config", str(tmp_path / "c.yaml")]
+    (tmp_path / "c.yaml").write_text("blt: 3\n")
+    assert "blt: expected a mapping" in error(capsys, args)
+    (tmp_path / "c.yaml").write_text("{}\n")
+    assert "needs the BLT's shape" in error(capsys, args)
+    (tmp_path / "c.yaml").write_text("blt:\n  encoder:\n    widht: 3\n")
+    assert "encoder.widht" in error(capsys, args)
+    # the BLT is only read for --target_global_share: a blt section without it is a mistake
+    for blt in (["--config", str(CONFIGS / "tiny.yaml")], ["--blt.cross_attn_k", "4"]):
+        assert "only read with --target_global_share" in error(capsys, ["--text", "abc", "--patching.scheme", "byte", *blt])
+    assert "needs --model" in error(capsys, ["--text", "abc", "--patching.scheme", "byte", "--chunk_size", "8"])
+    # non-UTF-8 bytes reach argv as surrogates (os.fsdecode): patched as the raw bytes
+    assert main(["--text", "a\udcffb", "--patching.scheme", "byte"]) == 0
+    assert "bytes                       3" in capsys.readouterr().out
+    # a text or file name that reads as YAML stays the string it is
+    assert main(["--text", "null", "--patching.scheme", "byte"]) == 0
+    assert "bytes                       4" in capsys.readouterr().out
 
 
 def test_byte_labels_keep_one_label_per_byte():
@@ -70,36 +151,9 @@ def test_byte_labels_keep_one_label_per_byte():
     assert byte_labels("\u200b\U000e0001".encode()) == ["\\u200b", "", "", "\\U000e0001", "", "", ""]
 
 
-def test_review_fixes(tmp_path, capsys):
-    # a picture into a missing directory fails up front with a message, not a traceback after the work
-    assert main(["--text", "abc", "--scheme", "byte", "--html", str(tmp_path / "no" / "p.html")]) == 2
-    assert "--html: directory" in capsys.readouterr().err
-    assert main(["--text", "abc", "--scheme", "byte", "--png", str(tmp_path / "no" / "p.png")]) == 2
-    assert "--png: directory" in capsys.readouterr().err
-    assert main(["--text", "abc", "--scheme", "byte", "--html", str(tmp_path)]) == 2  # a directory, not a file
-    assert "Is a directory" in capsys.readouterr().err
-    # a YAML without a `blt` mapping is refused instead of silently using the default BLT
-    model = saved_model(tmp_path / "em")
-    for text in ("{}\n", "blt: 3\n"):
-        (tmp_path / "c.yaml").write_text(text)
-        args = ["--text", "abc", "--model", model, "--target-global-share", "0.5", "--config", str(tmp_path / "c.yaml")]
-        assert main(args) == 2
-        assert "has no `blt` section" in capsys.readouterr().err
-    assert main(["--text", "abc", "--scheme", "byte", "--config", str(tmp_path / "c.yaml")]) == 2
-    assert "only read with --target-global-share" in capsys.readouterr().err
-    assert main(["--text", "abc", "--scheme", "byte", "--chunk-size", "8"]) == 2  # was: silently ignored
-    assert "needs --model" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # abbreviated flags are typos, not options
-        main(["--text", "abc", "--schem", "byte"])
-    assert "unrecognized arguments: --schem" in capsys.readouterr().err
-    # non-UTF-8 bytes reach argv as surrogates (os.fsdecode): patched as the raw bytes
-    assert main(["--text", "a\udcffb", "--scheme", "byte"]) == 0
-    assert "bytes                       3" in capsys.readouterr().out
-
-
 def test_html_breaks_lines_on_newline_bytes_only(tmp_path):
     html = tmp_path / "p.html"
-    assert main(["--text", "a\u21b5b\nc", "--scheme", "byte", "--html", str(html)]) == 0
+    assert main(["--text", "a\u21b5b\nc", "--patching.scheme", "byte", "--html", str(html)]) == 0
     assert html.read_text(encoding="utf-8").count("<br>") == 1
 
 
