@@ -38,6 +38,7 @@ from blt.checkpoint import (
     typed_config,
 )
 from blt.config import BaselineConfig, check, doc, to_dict
+from blt.hub import resolve
 from blt.lm import CausalLM
 
 KIND = "blt-baseline"
@@ -310,7 +311,7 @@ class BaselineLM(CausalLM):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> BaselineLM:
         """Load a directory written by :meth:`save_pretrained`; the model is returned in eval mode."""
-        directory = Path(directory)
+        directory = resolve(directory)  # a hub id -> its local snapshot (blt.hub)
         meta = read_config(directory)
         config = typed_config(directory, meta, KIND, BaselineConfig, "a BPE baseline")
         if not (directory / TOKENIZER_FILE).is_file():

@@ -19,14 +19,14 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from blt import original
+from blt.errors import CheckpointError  # noqa: F401 - lives in blt.errors so the layout readers can raise it
+from blt.hub import resolve
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_NAMES = ("pytorch_model.bin", "model.bin", "model.pt", "model.pth")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, of the wrong kind, or does not fit its model."""
 
 
 def atomic_write(path: Path, write) -> None:
@@ -69,7 +69,9 @@ def model_directory(path: str | Path) -> Path:
 
 def read_config(directory: str | Path) -> dict[str, Any]:
     """The parsed ``config.json`` of a checkpoint directory, with clear errors for what is missing."""
-    directory = Path(directory)
+    directory = resolve(directory)  # a hub id -> its local snapshot (blt.hub)
+    if (found := original.read_config(directory)) is not None:  # the original release layout
+        return found
     if not directory.exists():
         raise CheckpointError(f"checkpoint path does not exist: {directory}")
     if not directory.is_dir():
@@ -88,6 +90,8 @@ def read_config(directory: str | Path) -> dict[str, Any]:
 
 def checkpoint_kind(config: dict[str, Any]) -> str:
     """``kind`` of one of our checkpoints, ``"hf-blt"`` for a transformers BLT, else ``"unknown"``."""
+    if (found := original.kind(config)) is not None:  # the original release layout, see blt.original
+        return found
     if "kind" in config:
         return str(config["kind"])
     if config.get("model_type") == "blt":

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from blt import kernels as ops  # byte<->patch operations (BLT_KERNELS=reference: plain blt.patch_ops)
-from blt import patch_ops
+from blt import original, patch_ops
 from blt.checkpoint import (
     CheckpointError,
     checkpoint_kind,
@@ -44,6 +44,7 @@ from blt.config import (
     check,
     to_dict,
 )
+from blt.hub import resolve
 from blt.layers import KVCache, RMSNorm, Transformer, init_weights
 from blt.tokenizer import check_id_batch
 
@@ -351,6 +352,9 @@ class BLT(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, backend: str = "sdpa") -> BLT:
         """Load our ``blt`` checkpoint or a transformers BLT directory; the model comes back in eval mode."""
+        directory = resolve(directory)  # a hub id -> its local snapshot (blt.hub)
+        if original.layout(directory) == "blt":  # the original facebookresearch/blt release layout
+            return original.load(cls, original.read_blt, directory, backend)
         data = read_config(directory)
         kind = checkpoint_kind(data)
         if kind == "hf-blt":

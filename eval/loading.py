@@ -18,6 +18,7 @@ from pathlib import Path
 from torch import nn
 
 from blt.checkpoint import CheckpointError, checkpoint_kind, model_directory, read_config
+from blt.hub import resolve
 
 # kind -> (module, class) that loads it
 LOADERS = {
@@ -39,7 +40,7 @@ def load_model(path: str | Path) -> LoadedModel:
     """Load the checkpoint at ``path``; an unknown kind is a :class:`CheckpointError` naming it."""
     from importlib import import_module
 
-    directory = model_directory(path)
+    directory = model_directory(resolve(path))  # a hub id -> its local snapshot (blt.hub)
     kind = checkpoint_kind(read_config(directory))
     if kind not in LOADERS:
         raise CheckpointError(

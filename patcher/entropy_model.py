@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from blt import original
 from blt.checkpoint import (
     CheckpointError,
     checkpoint_kind,
@@ -25,6 +26,7 @@ from blt.checkpoint import (
 )
 from blt.config import ConfigError, EntropyModelConfig, check, to_dict
 from blt.hf_keys import ENTROPY_MODEL_RULES, from_hf
+from blt.hub import resolve
 from blt.lm import CausalLM, in_eval_mode
 from blt.tokenizer import VOCAB_SIZE, check_id_batch
 
@@ -103,6 +105,9 @@ class EntropyModel(CausalLM):
     @classmethod
     def from_pretrained(cls, directory: str | Path, backend: str = "sdpa") -> EntropyModel:
         """Load one of our entropy-model directories, or the patcher bundled in a transformers BLT."""
+        directory = resolve(directory)  # a hub id -> its local snapshot (blt.hub)
+        if original.layout(directory) is not None:  # the original release layout: its entropy model
+            return original.load(cls, original.read_entropy, directory, backend)
         data = read_config(directory)
         kind = checkpoint_kind(data)
         if kind == "hf-blt":
