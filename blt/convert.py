@@ -48,7 +48,7 @@ def check_destination(src: str, dst: str, overwrite: bool) -> None:
 def convert(argv: Sequence[str]) -> None:
     args = cli.parse(build_parser(), argv)
     check_destination(args.src, args.dst, args.overwrite)
-    fmt = args.to or ("blt" if kind_of(args.src) == "hf-blt" else "hf")
+    fmt = args.to or ("hf" if kind_of(args.src) == "blt" else "blt")
     model = BLT.from_pretrained(args.src)
     model.save_pretrained(args.dst, format=fmt)
     ids = torch.tensor([encode("The quick brown fox jumps over the lazy dog.")])

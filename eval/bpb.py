@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from blt.checkpoint import BLT_KINDS, ENTROPY_KINDS
 from blt.config import PatchingConfig
 from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
 from blt.patcher import patch_lengths
@@ -149,11 +150,11 @@ def _flops_dict(flops) -> dict[str, float]:
 
 def scorer_for(loaded, context: int | None = None, patching: PatchingConfig | None = None):
     """The scorer for a :class:`blt.checkpoint.LoadedModel`; ``patching`` overrides a BLT's patching."""
-    if loaded.kind in ("blt", "hf-blt"):
+    if loaded.kind in BLT_KINDS:
         return BLTScorer(loaded.model, context, patching)
     if patching is not None:
         raise ValueError(f"patching options apply to BLT checkpoints only, not to kind {loaded.kind!r}")
-    if loaded.kind == "blt-entropy":
+    if loaded.kind in ENTROPY_KINDS:
         return ByteLMScorer(loaded.model, context)
     return BaselineScorer(loaded.model, context)
 

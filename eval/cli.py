@@ -106,9 +106,11 @@ def documents(args: Namespace):
 
 def patching_override(loaded, fields: dict) -> PatchingConfig | None:
     """The checkpoint's patching with the fields the user set replaced (None: no field set)."""
+    from blt.checkpoint import BLT_KINDS
+
     if not fields:
         return None
-    if loaded.kind not in ("blt", "hf-blt"):
+    if loaded.kind not in BLT_KINDS:
         raise ConfigError(f"--patching.* options apply to BLT checkpoints only, not to kind {loaded.kind!r}")
     return dataclasses.replace(loaded.model.config.patching, **fields)  # __post_init__ checks the result
 

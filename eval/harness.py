@@ -31,16 +31,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from blt.checkpoint import CheckpointError
+from blt.checkpoint import BLT_KINDS
 from blt.config import ConfigError
 from blt.eval.bpb import scorer_for, windows
 from blt.tokenizer import PAD_ID
@@ -55,30 +53,16 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 log = logging.getLogger(__name__)
 
-BLT_KINDS = ("blt", "hf-blt")
 MODEL_ARGS = ("pretrained", "batch_size", "device", "context", "stride", "max_gen_toks", "seed")
 # keys the harness itself adds to model_args; nothing here needs them (no auto batch size, no remote code)
 HARNESS_ARGS = ("max_batch_size", "trust_remote_code")
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model"]  # what a checkpoint directory holds
 
 
 def load(pretrained: str):
-    """The one place that loads a checkpoint (a local path, else a Hub id downloaded to the local cache)."""
-    from blt.eval.loading import load_model
+    """The one place that loads a checkpoint: a local path or a Hugging Face Hub id (blt.checkpoint.hub)."""
+    from blt.checkpoint import load as load_checkpoint
 
-    path = Path(pretrained)
-    if not path.exists() and HUB_ID.fullmatch(pretrained):
-        from huggingface_hub import snapshot_download
-
-        try:
-            path = Path(snapshot_download(pretrained, allow_patterns=HUB_FILES))
-        except Exception as e:  # noqa: BLE001 - offline, unknown repo, no access: all mean "not found"
-            raise CheckpointError(
-                f"checkpoint {pretrained!r} is not a local directory and could not be fetched from the "
-                f"Hugging Face Hub ({type(e).__name__}: {e})"
-            ) from None
-    return load_model(path)
+    return load_checkpoint(pretrained)
 
 
 def pick_device(name: str | None) -> torch.device:

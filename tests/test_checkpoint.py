@@ -76,10 +76,10 @@ def test_entropy_model_from_every_directory_that_holds_one(root, where):
 
 
 REFUSALS = [
-    (BLT.from_pretrained, "blt-entropy", "a BLT", "'blt', 'hf-blt'"),
-    (BLT.from_pretrained, "blt-baseline", "a BLT", "'blt', 'hf-blt'"),
-    (EntropyModel.from_pretrained, "blt-baseline", "an entropy model", "'blt-entropy', 'blt', 'hf-blt'"),
-    (entropy_vocab_size, "blt-baseline", "an entropy model", "'blt-entropy', 'blt', 'hf-blt'"),
+    (BLT.from_pretrained, "blt-entropy", "a BLT", "'blt', 'hf-blt', 'blt-original'"),
+    (BLT.from_pretrained, "blt-baseline", "a BLT", "'blt', 'hf-blt', 'blt-original'"),
+    (EntropyModel.from_pretrained, "blt-baseline", "an entropy model", "'blt-entropy', 'blt', 'hf-blt', 'blt-entropy-original', 'blt-original'"),
+    (entropy_vocab_size, "blt-baseline", "an entropy model", "'blt-entropy', 'blt', 'hf-blt', 'blt-entropy-original', 'blt-original'"),
     (BaselineLM.from_pretrained, "blt", "a BPE baseline", "'blt-baseline'"),
     (BaselineLM.from_pretrained, "hf-blt", "a BPE baseline", "'blt-baseline'"),
     (BaselineLM.from_pretrained, "blt-entropy", "a BPE baseline", "'blt-baseline'"),
@@ -141,7 +141,9 @@ def test_the_checkpoint_package_imports_no_model_module():
         "blt.checkpoint",
         "blt.checkpoint.files",
         "blt.checkpoint.hf",
+        "blt.checkpoint.hub",
         "blt.checkpoint.kinds",
+        "blt.checkpoint.original",
         "blt.checkpoint.pretrained",
         "blt.config",
         "blt.tokenizer",

@@ -239,7 +239,7 @@ def test_multiple_choice_accuracy_and_loglikelihoods(run):
 
 def test_rolling_loglikelihood_equals_blt_eval_bpb(run, capsys):
     corpus = run["folder"] / "tiny_rolling.jsonl"
-    argv = ["bpb", "--checkpoint", str(run["checkpoint"]), "--data", str(corpus), "--split", "all"]
+    argv = ["bpb", "--checkpoint", str(run["checkpoint"]), "--data.source", str(corpus), "--split", "all"]
     assert blt_eval.main([*argv, "--context", str(CONTEXT), "--json"]) == 0
     bpb = json.loads(capsys.readouterr().out)
     assert bpb["n_documents"] == len(DOCS) and bpb["n_bytes"] == sum(len(d.encode()) for d in DOCS)
@@ -385,7 +385,7 @@ def test_bad_input_is_a_clear_error(checkpoints, monkeypatch):
             get_model("blt").create_from_arg_string(model_args, {"batch_size": 1, "device": "cpu"})
         return str(info.value)
 
-    assert "could not be fetched from the Hugging Face Hub" in error("pretrained=nobody/no-such-model")
+    assert "hub repo nobody/no-such-model is not cached" in error("pretrained=nobody/no-such-model")
     assert "unknown model_args key(s) bogus for --model blt (known: pretrained," in error(
         f"pretrained={checkpoints['blt']},bogus=1"
     )

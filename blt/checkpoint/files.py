@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -135,16 +136,29 @@ def read_weights(directory: str | Path, keep: Callable[[str], bool] | None = Non
     for name in PICKLE_NAMES:
         path = directory / name
         if path.is_file():
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - any unpickling failure means we refuse the file
-                raise CheckpointError(
-                    f"refusing {path}: it is not a plain tensor checkpoint loadable with weights_only=True ({e})"
-                ) from None
-            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-                raise CheckpointError(f"{path} does not hold a flat dict of tensors")
-            return {k: v for k, v in state.items() if keep is None or keep(k)}
+            return {k: v for k, v in read_pickle(path).items() if keep is None or keep(k)}
     raise CheckpointError(f"no {WEIGHTS_NAME} (or {INDEX_NAME}) in checkpoint directory {directory}")
+
+
+def read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from a pickle file, possibly under ``"model"``; only tensors are ever unpickled."""
+    if not path.is_file():
+        raise CheckpointError(f"missing {path.name} in {path.parent}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever failed, the file is refused
+        # torch's own message advises weights_only=False, which would run the file's code: never repeat it
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"it references {found[1]}, which unpickling would import and run" if found else "it cannot be read as tensors"
+        raise CheckpointError(
+            f"refusing {path}: it is not a plain state dict of tensors ({what}); it was not executed. Pickle "
+            "files are read only as tensors: re-save it as a state dict or as safetensors"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors (directly or under 'model')")
+    return state
 
 
 def load_state(
@@ -152,20 +166,23 @@ def load_state(
     state: dict[str, torch.Tensor],
     source: str = "checkpoint",
     name: Callable[[str], str] | None = None,
+    label: Callable[[str], str] | None = None,
 ) -> None:
     """Load ``state`` strictly, where ``name(key)`` is the name of the module's ``key`` in ``state`` (by
-    default the same). The first missing, unexpected or mis-shaped tensor is named as ``state`` names it."""
+    default the same). The first missing, unexpected or mis-shaped tensor is named as ``state`` names it,
+    or as ``label(name)`` says when ``state`` was renamed from the files' names."""
     own = module.state_dict()
     names = {key: key if name is None else name(key) for key in own}
+    shown = label or (lambda n: n)
     for key, tensor in own.items():
         theirs = names[key]
         if theirs not in state:
             raise CheckpointError(
-                f"{source}: missing tensor '{theirs}' (expected shape {tuple(tensor.shape)})"
+                f"{source}: missing tensor '{shown(theirs)}' (expected shape {tuple(tensor.shape)})"
             )
         if tuple(state[theirs].shape) != tuple(tensor.shape):
             raise CheckpointError(
-                f"{source}: tensor '{theirs}' has shape {tuple(state[theirs].shape)}, "
+                f"{source}: tensor '{shown(theirs)}' has shape {tuple(state[theirs].shape)}, "
                 f"the config needs {tuple(tensor.shape)}"
             )
     known = set(names.values())

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from blt.checkpoint import hf
+from blt.checkpoint import hf, hub, original
 from blt.checkpoint.files import CheckpointError, model_directory, read_config, read_weights
 from blt.config import BaselineConfig, BLTConfig, ConfigError, EntropyModelConfig, from_dict
 
@@ -36,9 +36,13 @@ class Kind:
 KINDS = {
     "blt": Kind("blt.model.BLT", "BLT", BLTConfig),
     "hf-blt": Kind("blt.model.BLT", "transformers BLT"),
+    original.BLT_KIND: Kind("blt.model.BLT", "BLT in the original release layout"),
     "blt-entropy": Kind("blt.patcher.entropy_model.EntropyModel", "entropy model", EntropyModelConfig),
+    original.ENTROPY_KIND: Kind("blt.patcher.entropy_model.EntropyModel", "entropy model in the original layout"),
     "blt-baseline": Kind("blt.baseline.BaselineLM", "BPE baseline", BaselineConfig),
 }
+BLT_KINDS = tuple(k for k, v in KINDS.items() if v.model == KINDS["blt"].model)  # what BLT.from_pretrained reads
+ENTROPY_KINDS = tuple(k for k, v in KINDS.items() if v.model == KINDS["blt-entropy"].model)
 
 
 def article(what: str) -> str:
@@ -46,7 +50,11 @@ def article(what: str) -> str:
 
 
 def checkpoint_kind(config: dict[str, Any]) -> str:
-    """``kind`` of one of our checkpoints, ``"hf-blt"`` for a transformers BLT, else ``"unknown"``."""
+    """``kind`` of one of our checkpoints, ``"hf-blt"`` for a transformers BLT, ``"blt-original"`` /
+    ``"blt-entropy-original"`` for the original release layout, else ``"unknown"``."""
+    found = original.kind(config)
+    if found is not None:
+        return found
     if "kind" in config:
         return str(config["kind"])
     if config.get("model_type") == "blt":
@@ -54,9 +62,20 @@ def checkpoint_kind(config: dict[str, Any]) -> str:
     return "unknown"
 
 
+def directory_of(path: str | Path) -> Path:
+    """The model directory behind ``path``: a hub id's snapshot, a run directory's ``model/``, or itself."""
+    return model_directory(hub.resolve(path))
+
+
+def read_any_config(directory: Path) -> dict[str, Any]:
+    """config.json, or the original layout's config (an entropy_model/ folder alone has only params.json)."""
+    found = original.read_config(directory)
+    return found if found is not None else read_config(directory)
+
+
 def kind_of(path: str | Path) -> str:
-    """The kind of the checkpoint at ``path`` (a model directory or a training run directory)."""
-    return checkpoint_kind(read_config(model_directory(path)))
+    """The kind of the checkpoint at ``path`` (a model directory, a training run directory or a hub id)."""
+    return checkpoint_kind(read_any_config(directory_of(path)))
 
 
 def model_class(kind: str) -> type:
@@ -88,6 +107,7 @@ def typed_config(directory: Path, data: dict[str, Any], kind: str) -> Any:
 class Source:
     config: Callable[[Path, dict[str, Any]], Any]  # directory, its config.json -> typed config
     tensors: Callable[[Path], Tensors]
+    label: Callable[[str], str] | None = None  # our tensor name -> the files' name, for messages
 
 
 def own(kind: str) -> Source:
@@ -117,14 +137,21 @@ SOURCES = {
     ("blt-entropy", "blt-entropy"): own("blt-entropy"),
     ("blt-entropy", "blt"): Source(bundled_patcher_config, bundled_patcher_tensors),
     ("blt-entropy", "hf-blt"): Source(hf.read_patcher_config, hf.read_patcher_tensors),
+    ("blt", original.BLT_KIND): Source(original.read_blt_config, original.read_blt_tensors, original.label),
+    ("blt-entropy", original.ENTROPY_KIND): Source(
+        original.read_entropy_config, original.read_entropy_tensors, original.label
+    ),
+    ("blt-entropy", original.BLT_KIND): Source(
+        original.read_entropy_config, original.read_entropy_tensors, original.label
+    ),
     ("blt-baseline", "blt-baseline"): own("blt-baseline"),
 }
 
 
 def locate(path: str | Path, want: str) -> tuple[Path, dict[str, Any], Source]:
     """The model directory behind ``path``, its config.json and how to read a ``want`` model from it."""
-    directory = model_directory(path)
-    data = read_config(directory)
+    directory = directory_of(path)
+    data = read_any_config(directory)
     found = checkpoint_kind(data)
     source = SOURCES.get((want, found))
     if source is None:

@@ -14,8 +14,8 @@ from typing import Any
 from torch import nn
 
 from blt.checkpoint import hf
-from blt.checkpoint.files import CheckpointError, load_state, model_directory, read_config, write_checkpoint
-from blt.checkpoint.kinds import KINDS, checkpoint_kind, locate, model_class
+from blt.checkpoint.files import CheckpointError, load_state, write_checkpoint
+from blt.checkpoint.kinds import KINDS, checkpoint_kind, directory_of, locate, model_class, read_any_config
 from blt.config import ConfigError, to_dict
 
 FORMATS = ("blt", "hf")  # our layout, transformers'
@@ -30,7 +30,7 @@ def load_pretrained(path: str | Path, kind: str, build: Callable[[Any, Path], nn
     except ConfigError as e:  # e.g. an entropy model whose vocab_size is not 260
         raise CheckpointError(f"{directory}: bad {KINDS[kind].what} config: {e}") from None
     state, name = source.tensors(directory)
-    load_state(model, state, str(directory), name)
+    load_state(model, state, str(directory), name, source.label)
     return model.eval()
 
 
@@ -65,8 +65,8 @@ class LoadedModel:
 
 def load(path: str | Path) -> LoadedModel:
     """Whatever model the checkpoint at ``path`` holds; an unknown kind is a :class:`CheckpointError`."""
-    directory = model_directory(path)
-    kind = checkpoint_kind(read_config(directory))
+    directory = directory_of(path)
+    kind = checkpoint_kind(read_any_config(directory))
     if kind not in KINDS:
         raise CheckpointError(
             f"checkpoint {directory} has kind {kind!r}, which no model class loads "
