@@ -84,8 +84,8 @@ def test_released_layouts_by_hub_id(tmp_path, hub_cache, capsys, text_corpus):
     with torch.no_grad():
         torch.testing.assert_close(BLT.from_pretrained(tmp_path / "converted")(ids).logits, local(ids).logits)
     # blt-eval (with a patching override, as for any BLT) and blt-patch
-    argv = ["bpb", "--checkpoint", "facebook/blt-1b", "--data", str(text_corpus), "--split", "all"]
-    assert eval_main([*argv, "--max-documents", "2", "--json", "--patching.threshold", "2.5"]) == 0
+    argv = ["bpb", "--checkpoint", "facebook/blt-1b", "--data.source", str(text_corpus), "--split", "all"]
+    assert eval_main([*argv, "--max_documents", "2", "--json", "--patching.threshold", "2.5"]) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint"] == "facebook/blt-1b"
     assert patch_main(["--text", "hello hub", "--model", "facebook/blt-entropy"]) == 0
     assert "mean patch length" in capsys.readouterr().out
