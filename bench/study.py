@@ -41,7 +41,8 @@ from blt.config import ConfigError, PatchingConfig
 from blt.data import PackedBatches
 from blt.eval.flops import blt_flops_per_byte, tokenized_flops_per_byte
 from blt.patcher import EntropyModel, calibrate_threshold, patch_lengths
-from blt.training.config import load_run_config
+from blt.training.cli import load_config
+from blt.training.config import MODELS, READS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,17 +108,32 @@ def schedule(steps: int, val_points: int) -> list[str]:
     return [
         "--trainer.max_steps",
         str(steps),
-        "--trainer.val_every",
+        "--trainer.val_check_interval",
         str(every),
-        "--trainer.checkpoint_every",
+        "--run.checkpoint_every",
         str(steps),
     ]
+
+
+def for_command(command: str, args: list[str]) -> list[str]:
+    """``args`` without the options of model sections ``command`` does not read (train.py refuses them)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:  # the value of a dropped option
+            skip = False
+            continue
+        section = arg[2:].split("=")[0].split(".")[0] if arg.startswith("--") else None
+        if section in MODELS and section not in READS[command]:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
 
 
 def study_overrides(args, user: list[str]) -> list[str]:
     """Defaults of the study, then the user's overrides (later ones win), then the corpus."""
     defaults = ["--data.val_fraction", "0.05", "--data.max_doc_bytes", "8192"]
-    glob = load_run_config(ROOT / args.config, user).blt.global_transformer
+    glob = load_config(["--config", str(ROOT / args.config), *user]).blt.global_transformer
     shape = ["--baseline.dim", str(glob.dim), "--baseline.n_layers", str(glob.n_layers)]
     shape += ["--baseline.n_heads", str(glob.n_heads)]
     return [*defaults, *shape, *user, "--data.source", args.data]
@@ -166,7 +182,7 @@ def parse_args(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> None:
     args, user = parse_args(argv)
     overrides = study_overrides(args, user)
-    config = load_run_config(ROOT / args.config, overrides)
+    config = load_config(["--config", str(ROOT / args.config), *overrides])
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.txt"
@@ -176,16 +192,16 @@ def main(argv: list[str] | None = None) -> None:
         "--config",
         args.config,
         *overrides,
-        "--trainer.output_dir",
+        "--run.output_dir",
         str(out),
-        "--trainer.sample_bytes",
+        "--run.sample_bytes",
         "0",
     ]
 
     entropy_dir = out / "entropy" / "model"
     if not (entropy_dir / "config.json").is_file():
-        steps = ["--trainer.name", "entropy", "--trainer.max_steps", str(args.entropy_steps)]
-        run([*train, "entropy", *common, *steps], log, args.dry_run, env)
+        steps = ["--run.name", "entropy", "--trainer.max_steps", str(args.entropy_steps)]
+        run([*train, "entropy", *for_command("entropy", common), *steps], log, args.dry_run, env)
     if not entropy_dir.is_dir():
         print("dry run: no entropy model yet, so no calibrated thresholds and budgets")
         return
@@ -197,18 +213,30 @@ def main(argv: list[str] | None = None) -> None:
     for name, (patching, mean_patch) in jobs.items():
         steps = max(1, round(budget / blt_step_flops(config, patching, mean_patch)))
         print(f"{name}: mean patch size {mean_patch:.2f} on training windows -> {steps} steps")
-        flags = ["--blt.patching.scheme", patching.scheme, "--trainer.target_patch_size", "none"]
+        flags = ["--blt.patching.scheme", patching.scheme, "--run.target_patch_size", "null"]
         if patching.scheme == "entropy":
             flags += ["--blt.patching.threshold", repr(patching.threshold)]
         if patching.scheme == "static":
             flags += ["--blt.patching.patch_size", str(patching.patch_size)]
-        flags += ["--entropy_checkpoint", str(entropy_dir), "--trainer.name", name]
-        run([*train, "blt", *common, *flags, *schedule(steps, args.val_points)], log, args.dry_run, env)
+        flags += ["--entropy_checkpoint", str(entropy_dir), "--run.name", name]
+        run(
+            [*train, "blt", *for_command("blt", common), *flags, *schedule(steps, args.val_points)],
+            log,
+            args.dry_run,
+            env,
+        )
         runs.append(out / name)
     steps = max(1, round(budget / baseline_step_flops(config)))
     print(f"bpe: {steps} steps")
     run(
-        [*train, "baseline", *common, "--trainer.name", "bpe", *schedule(steps, args.val_points)],
+        [
+            *train,
+            "baseline",
+            *for_command("baseline", common),
+            "--run.name",
+            "bpe",
+            *schedule(steps, args.val_points),
+        ],
         log,
         args.dry_run,
         env,

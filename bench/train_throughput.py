@@ -32,7 +32,7 @@ from blt.model import BLT
 from blt.patcher import EntropyModel, patch_lengths
 from blt.tokenizer import OFFSET, PAD_ID
 from blt.training.callbacks import measured_cpu_peak
-from blt.training.config import load_run_config
+from blt.training.cli import load_config
 
 
 @dataclass
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        run = load_run_config(Path(__file__).resolve().parent.parent / args.config, overrides)
+        run = load_config(["--config", str(Path(__file__).resolve().parent.parent / args.config), *overrides])
     except ConfigError as e:
         parser.exit(2, f"train_throughput: error: {e}\n")
     torch.manual_seed(0)

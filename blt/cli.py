@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from blt.config import ConfigError, from_dict
 USER_ERRORS = (ValueError, OSError)  # ConfigError, CheckpointError and UsageError are ValueErrors
 
 # top-level sections of a training run file (configs/*.yaml)
-RUN_SECTIONS = ("data", "entropy", "blt", "baseline", "optim", "trainer")
+RUN_SECTIONS = ("data", "entropy", "blt", "baseline", "optim", "trainer", "run")
 
 
 class UsageError(ValueError):
@@ -49,11 +50,59 @@ class ConfigFile(ActionConfigFile):
             raise TypeError(message if str(values) in message else f"--config {values}: {message}") from e
 
 
-def new_parser(prog: str, description: str, config_file: bool = True) -> ArgumentParser:
-    """A parser with ``--config FILE`` (YAML of sections; repeatable) and ``--print_config``."""
-    parser = ArgumentParser(
-        prog=prog, description=description, exit_on_error=True, default_env=False, allow_abbrev=False
-    )  # an abbreviated option is a typo, not an option
+class Parser(ArgumentParser):
+    """jsonargparse's parser, whose errors are one line naming the key instead of the whole usage."""
+
+    def error(self, message: str, ex: Exception | None = None) -> typing.NoReturn:
+        if not self.exit_on_error:  # jsonargparse's inner parsers: the error goes up to the outer one
+            super().error(message, ex)
+        print(f"{self.prog.replace(' [options]', '')}: error: {one_line(message)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(message: str) -> str:
+    """A jsonargparse error as one line: ``key: expected int. Got value: x``, ``unknown config key 'k'``."""
+    group = re.search(r"Group '([^']+)' does not accept (?:option|nested key) '([^']+)'", message)
+    if group:
+        return f"unknown config key '{group[1]}.{group[2]}'"
+    unknown = re.search(r"does not accept (?:option|nested key) '([^']+)'|Option '([^']+)' is not accepted", message)
+    if unknown:
+        return f"unknown config key '{unknown[1] or unknown[2]}'"
+    keyed = re.match(r'Parser key "([^"]+)":\s*(.*)', message, re.DOTALL)
+    if not keyed:
+        return " ".join(message.split())
+    key, rest = keyed.groups()
+    expected = [_type_name(t) for t in re.findall(r"Expected an? (.+?)(?=\. Got value:|$)", rest, re.M)]
+    got = re.search(r"(?:Got|Given) value: (.*)", rest)
+    if expected and got:
+        return f"{key}: expected {' or '.join(dict.fromkeys(expected))}. Got value: {got[1].strip()}"
+    return f"{key}: {' '.join(rest.split())}"
+
+
+def _type_name(text: str) -> str:
+    """``<class 'int'>`` -> int, ``typing.Literal['a', 'b']`` -> one of ['a', 'b'], NoneType -> null."""
+    text = text.strip().rstrip(".")
+    text = re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", text).replace("typing.", "")
+    if text == "NoneType":
+        return "null"
+    return re.sub(r"^Literal\[(.*)\]$", r"one of [\1]", text)
+
+
+def new_parser(
+    prog: str, description: str, config_file: bool = True, print_config: bool = True
+) -> ArgumentParser:
+    """A parser with ``--config FILE`` (YAML of sections; repeatable) and ``--print_config``.
+
+    ``print_config=False`` leaves ``--print_config`` to the caller (e.g. to print only some sections).
+    """
+    parser = Parser(
+        prog=prog,
+        description=description,
+        allow_abbrev=False,  # a misspelt or shortened key is an error, never a guess
+        exit_on_error=True,
+        default_env=False,
+        print_config="--print_config" if print_config else None,
+    )
     if config_file:
         parser.add_argument(
             "--config", action=ConfigFile, help="YAML file of sections (repeatable: later files win)"
@@ -127,7 +176,7 @@ def parse(parser: ArgumentParser, argv: Sequence[str], defaults: bool = True) ->
     try:
         return parser.parse_args(list(argv), defaults=defaults)
     except ArgumentError as e:
-        raise UsageError(" ".join(str(e).split())) from None  # jsonargparse's messages span lines
+        raise UsageError(one_line(str(e))) from None
     finally:
         for p, value in zip(parsers, exit_on_error):
             p.exit_on_error = value
@@ -183,6 +232,7 @@ __all__ = [
     "RUN_SECTIONS",
     "USER_ERRORS",
     "ConfigError",
+    "Parser",
     "UsageError",
     "add_overrides",
     "add_section",
@@ -191,6 +241,7 @@ __all__ = [
     "given_fields",
     "main",
     "new_parser",
+    "one_line",
     "overrides",
     "parse",
     "plain",

@@ -104,10 +104,11 @@ def _cut(document: bytes, max_len: int | None) -> Iterator[bytes]:
         start = end
 
 
-def corpus_documents(config: DataConfig) -> Iterator[bytes]:
-    """Every non-empty document of the corpus in source order, cut and capped as configured."""
+def corpus_documents(config: DataConfig, skipped: list[Path] | None = None) -> Iterator[bytes]:
+    """Every non-empty document of the corpus in source order, cut and capped as configured (binary
+    files skipped in a folder are appended to ``skipped``)."""
     budget = config.max_bytes
-    for document in source_documents(config.source, config.text_field, config.hub_subset):
+    for document in source_documents(config.source, config.text_field, config.hub_subset, skipped):
         for piece in _cut(document, config.max_doc_bytes):
             if not piece:
                 continue
@@ -150,8 +151,9 @@ def _write_streams(config: DataConfig, folder: Path) -> dict[str, Any]:
     """Stream the corpus once into ``train.u16`` / ``val.u16``; returns the counts for ``meta.json``."""
     counts = {s: {"documents": 0, "bytes": 0} for s in SPLITS}
     digests = {s: hashlib.blake2b(digest_size=16) for s in SPLITS}
+    skipped: list[Path] = []
     with open(folder / "train.u16", "wb") as train, open(folder / "val.u16", "wb") as val:
-        for document in corpus_documents(config):
+        for document in corpus_documents(config, skipped):
             split = "val" if in_validation(document, config.val_fraction) else "train"
             ids = np.empty(len(document) + 2, dtype=np.uint16)
             ids[0], ids[-1] = BOS_ID, EOS_ID
@@ -163,10 +165,22 @@ def _write_streams(config: DataConfig, folder: Path) -> dict[str, Any]:
             counts[split]["documents"] += 1
             counts[split]["bytes"] += len(document)
     if counts["train"]["bytes"] + counts["val"]["bytes"] == 0:
-        raise ValueError(f"data source {config.source!r} has no bytes: the corpus is empty")
+        raise ValueError(f"data source {config.source!r} has no bytes: the corpus is empty{_skips(skipped)}")
     for split in SPLITS:  # content identity of a split, for loader states (independent of paths and mtimes)
         counts[split]["digest"] = digests[split].hexdigest()
     return counts
+
+
+def _skips(skipped: list[Path]) -> str:
+    """What an empty corpus left out: the binary files skipped in its folder, counted and named."""
+    if not skipped:
+        return ""
+    names = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    files = "file" if len(skipped) == 1 else "files"
+    return (
+        f" (skipped {len(skipped)} binary {files}, which hold a NUL byte in their first 8 KB: {names}; "
+        "name a file directly to read it whatever it holds)"
+    )
 
 
 def build_cache(config: DataConfig) -> Path:
@@ -209,6 +223,12 @@ def load_split(config: DataConfig, split: str = "train") -> np.ndarray:
             f"lower data.val_fraction (now {config.val_fraction}) or add documents"
         )
     return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def split_counts(config: DataConfig, split: str) -> dict[str, int]:
+    """``{"documents": n, "bytes": n}`` of ``split`` (bytes of text, without BOS/EOS)."""
+    meta = json.loads((build_cache(config) / "meta.json").read_text())
+    return {k: meta["splits"][split][k] for k in ("documents", "bytes")}
 
 
 def iter_documents(config: DataConfig, split: str = "train") -> Iterator[bytes]:

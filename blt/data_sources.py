@@ -75,11 +75,14 @@ def _files_under(path: Path) -> list[Path]:
     return sorted(files)
 
 
-def file_documents(path: Path, text_field: str, in_folder: bool = False) -> Iterator[bytes]:
+def file_documents(
+    path: Path, text_field: str, in_folder: bool = False, skipped: list[Path] | None = None
+) -> Iterator[bytes]:
     """Documents of one file: rows of ``.jsonl``/``.parquet``, else the whole file.
 
     Inside a folder or glob, files that look binary (a NUL byte in the first 8 KB) are skipped, so a
-    folder of text with the odd image in it still works; a file named directly is always read.
+    folder of text with the odd image in it still works, and appended to ``skipped`` so an error about
+    the corpus can name them; a file named directly is always read.
     """
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
@@ -90,6 +93,8 @@ def file_documents(path: Path, text_field: str, in_folder: bool = False) -> Iter
         data = path.read_bytes()
         if not (in_folder and b"\0" in data[:8192]):
             yield data
+        elif skipped is not None:
+            skipped.append(path)
 
 
 def _as_bytes(value: object, where: str, text_field: str) -> bytes:
@@ -189,15 +194,18 @@ def hub_documents(source: str, subset: str | None, text_field: str) -> Iterator[
         raise ValueError(f"could not load hub dataset {name!r}: {e}") from None
 
 
-def source_documents(source: str, text_field: str, hub_subset: str | None = None) -> Iterator[bytes]:
-    """Every document of ``source`` in its fixed order (see the module docstring)."""
+def source_documents(
+    source: str, text_field: str, hub_subset: str | None = None, skipped: list[Path] | None = None
+) -> Iterator[bytes]:
+    """Every document of ``source`` in its fixed order (see the module docstring); binary files skipped
+    inside a folder or glob are appended to ``skipped``."""
     if is_hub_name(source):
         yield from hub_documents(source, hub_subset, text_field)
         return
     files = local_files(source)
     in_folder = source == STDLIB or not Path(source).expanduser().is_file()
     for path in files:
-        yield from file_documents(path, text_field, in_folder)
+        yield from file_documents(path, text_field, in_folder, skipped)
 
 
 def source_fingerprint(source: str, text_field: str, hub_subset: str | None = None) -> list:

@@ -27,7 +27,7 @@ from blt.eval.loading import load_model
 from blt.model import BLT
 from blt.patcher import EntropyModel
 from blt.patcher.cli import main as patch_main
-from blt.training.cli import check_entropy_vocab
+from blt.training.pipeline import check_entropy_vocab
 
 SHAPES = [
     {},  # encoder rows k x 32 = global width 64: no projection

@@ -14,6 +14,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 LAST = "last.ckpt"
+STATE_KEY = "blt_training"  # our entry in a Lightning checkpoint
 
 # dense bf16 / fp32 peak FLOP/s of common accelerators (vendor data sheets, without sparsity)
 KNOWN_PEAKS = {
@@ -61,15 +62,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class LastCheckpoint(L.Callback):
     """Write ``<folder>/last.ckpt`` every ``every`` optimizer steps, after the step so it is resumable.
 
-    When validation runs after the same batch, the checkpoint waits for it (as Lightning's own checkpoints
-    do): a resumed run skips that validation, so the checkpoint must already hold its result.
+    The state is taken right after the step (``on_train_batch_end``), but the file is written only once
+    Lightning has logged that batch's metrics (at the next batch's start, or when training ends), right
+    after ``metrics.csv`` is flushed: the checkpoint records how many metrics rows it covers, and a run
+    resumed from it keeps exactly those rows. When validation runs after the same batch, the checkpoint
+    waits for it (as Lightning's own checkpoints do): a resumed run skips that validation, so the
+    checkpoint must already hold its result.
     """
 
     def __init__(self, folder: str | Path, every: int, val_every: int):
         self.path = Path(folder) / LAST
         self.every, self.val_every = every, val_every
         self.saved_step = -1
-        self._pending = False
+        self._pending = False  # waiting for this batch's validation
+        self._held: dict[str, Any] | None = None  # taken, waiting for this batch's metrics rows
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -78,7 +84,13 @@ class LastCheckpoint(L.Callback):
             if (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % self.val_every == 0:
                 self._pending = True
             else:
-                self.save(trainer)
+                self._held = self.state(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.write(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.write(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._pending and trainer.state.fn == "fit":
@@ -86,10 +98,25 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(
-            self.path, weights_only=False
-        )  # every rank calls it (FSDP gathers); rank 0 writes
-        self.saved_step = trainer.global_step
+        """Take the state and write it now (every rank calls it: FSDP gathers; rank 0 writes)."""
+        self._held = self.state(trainer)
+        self.write(trainer)
+
+    def state(self, trainer: L.Trainer) -> dict[str, Any]:
+        # what Trainer.save_checkpoint writes, taken now: nothing changes the tensors it holds before
+        # the next optimizer step, which comes after the write
+        return trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+
+    def write(self, trainer: L.Trainer) -> None:
+        if self._held is None:
+            return
+        metrics = next((lg for lg in trainer.loggers if hasattr(lg, "flush")), None)
+        if metrics is not None:
+            metrics.flush()  # the rows the checkpoint covers are on disk before it is
+            self._held[STATE_KEY]["metrics_rows"] = metrics.rows
+        trainer.strategy.save_checkpoint(self._held, self.path)
+        trainer.strategy.barrier("LastCheckpoint.write")
+        self.saved_step, self._held = self._held["global_step"], None
 
 
 def measured_cpu_peak(size: int = 1024, trials: int = 5) -> float:

@@ -60,15 +60,15 @@ class TrainStream:
 
 
 class ValSet:
-    """The first ``limit`` validation batches of one rank's shard, the same ones every time."""
+    """The validation batches of one rank's shard in corpus order, the same ones every time (Lightning's
+    ``limit_val_batches`` takes the first of them)."""
 
-    def __init__(self, packed: PackedBatches, limit: int):
+    def __init__(self, packed: PackedBatches):
         self.packed = packed
-        self.limit = min(limit, len(self.packed))
 
     def __len__(self) -> int:
-        return self.limit
+        return len(self.packed)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for i in range(self.limit):
+        for i in range(len(self.packed)):
             yield {"ids": self.packed.batch_at(i)}

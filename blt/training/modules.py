@@ -3,33 +3,33 @@
 They share everything but the model: next-id cross-entropy, bits per byte of raw text (total NLL in bits /
 bytes of text, so byte-level and BPE models are comparable), AdamW with warm-up + cosine decay, the data
 position and counters that make ``--resume`` exact, and the FLOP count of the summary.
+
+A task receives ready configs and weights (the pipeline trains, loads and calibrates what it needs);
+its constructor reads no data and no checkpoint. Its dataloaders read the corpus when Lightning asks.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blt.baseline import BaselineLM, BPETokenizer
-from blt.config import PatchingConfig, to_dict
-from blt.data import PackedBatches
+from blt.baseline import BaselineLM, BaselineTrainConfig, BPETokenizer
+from blt.config import BLTConfig, EntropyModelConfig, to_dict
+from blt.data import DataConfig, PackedBatches, split_counts
 from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
 from blt.model import BLT
-from blt.patcher import EntropyModel, calibrate_threshold
+from blt.patcher import EntropyModel
 from blt.tokenizer import OFFSET, PAD_ID
-from blt.training.callbacks import NonFiniteLossError, say
-from blt.training.config import OptimConfig, RunConfig
-from blt.training.datamodule import TokenBatches, TrainStream, ValSet, token_stream
-
-STATE_KEY = "blt_training"  # our entry in the Lightning checkpoint
+from blt.training.callbacks import STATE_KEY, NonFiniteLossError
+from blt.training.config import OptimConfig
+from blt.training.datamodule import TokenBatches, TrainStream, ValSet
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -51,15 +51,21 @@ def adamw(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
 
 
 class LMTask(L.LightningModule, ABC):
-    """Base task: subclasses build ``self.model`` and define :meth:`score` and the FLOPs per byte."""
+    """Base task: subclasses build ``self.model`` and define :meth:`score` and the FLOPs per byte.
+
+    ``config`` is the model's config, ``cosine_steps`` the optimizer step where the learning rate's cosine
+    reaches its floor (a run extended past it continues at the floor).
+    """
 
     kind: str
 
-    def __init__(self, run: RunConfig, max_steps: int):
+    def __init__(
+        self, config, data: DataConfig, optim: OptimConfig, cosine_steps: int, compile: bool = False
+    ):
         super().__init__()
-        self.run, self.max_steps = run, max_steps
+        self.config, self.data, self.optim, self.cosine_steps = config, data, optim, cosine_steps
         self.model = self.build_model()
-        if run.trainer.compile:
+        if compile:
             self.model.compile()
         self.bytes_seen = 0  # over all ranks
         self.training_flops = 0.0
@@ -99,13 +105,13 @@ class LMTask(L.LightningModule, ABC):
 
     def batches(self, split: str) -> PackedBatches:
         """This rank's shard of ``split``."""
-        return PackedBatches(self.run.data, split, self.trainer.global_rank, self.trainer.world_size)
+        return PackedBatches(self.data, split, self.trainer.global_rank, self.trainer.world_size)
 
     def train_dataloader(self):
         return TrainStream(self.batches("train"), self.data_state)
 
     def val_dataloader(self):
-        return ValSet(self.batches("val"), self.run.trainer.val_batches)
+        return ValSet(self.batches("val"))  # trainer.limit_val_batches takes the first batches of it
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         sums = self.score(batch)
@@ -147,24 +153,31 @@ class LMTask(L.LightningModule, ABC):
         self.val_curve = [p for p in self.val_curve if p["step"] != self.global_step] + [point]
 
     def configure_optimizers(self):
-        optim = self.run.optim
+        optim, total = self.optim, self.cosine_steps
         opt = adamw(self.model, optim)
-        total = self.max_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_factor(step, optim.warmup_steps, total, optim.min_lr_ratio)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def configs(self) -> dict[str, Any]:
+        """The sections this task was built from, as a checkpoint records them."""
+        return {self.kind: to_dict(self.config), "data": to_dict(self.data), "optim": to_dict(self.optim)}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[STATE_KEY] = {
             "kind": self.kind,
-            "config": to_dict(self.run),
+            "config": self.configs(),
+            "cosine_steps": self.cosine_steps,
             "data_state": self.data_state,
             "bytes_seen": self.bytes_seen,
             "training_flops": self.training_flops,
             "val_curve": self.val_curve,
+            # the last validation's sums: the summary of a run resumed after its end reads them
+            "val_sums": {k: float(v) for k, v in self._val_sums.items()},
             "rng": torch.get_rng_state(),
             "extras": self.state_extras(),
+            "metrics_rows": 0,  # set by LastCheckpoint when it writes the file
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -172,6 +185,8 @@ class LMTask(L.LightningModule, ABC):
         self.data_state = state["data_state"]
         self.bytes_seen, self.training_flops = state["bytes_seen"], state["training_flops"]
         self.val_curve = state["val_curve"]
+        self.val_bpb = self.val_curve[-1]["val_bpb"] if self.val_curve else None
+        self._val_sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in state["val_sums"].items()}
         torch.set_rng_state(state["rng"])
         self.load_state_extras(state["extras"])
 
@@ -191,9 +206,17 @@ class LMTask(L.LightningModule, ABC):
             "bytes_seen": self.bytes_seen,
             "training_flops": self.training_flops,
             "val_bpb": self.val_bpb,
+            # what val_bpb measures: the first trainer.limit_val_batches batches of the validation split
+            "val_bytes": int(self._val_sums["bytes"]) if self._val_sums else 0,
+            "val_split_bytes": split_counts(self.data, "val")["bytes"],
             "inference_flops_per_byte": flops.inference_flops_per_byte,
             "training_flops_per_byte": flops.training_flops_per_byte,
             "val_curve": self.val_curve,
+            "schedule": {
+                "warmup_steps": self.optim.warmup_steps,
+                "cosine_steps": self.cosine_steps,  # where the learning rate reaches its floor
+                "max_steps": self.trainer.max_steps,
+            },
             **self.summary_extras(),
         }
 
@@ -203,40 +226,45 @@ class EntropyTask(LMTask):
 
     kind = "entropy"
 
+    config: EntropyModelConfig
+
     def build_model(self) -> EntropyModel:
-        return EntropyModel(self.run.entropy)
+        return EntropyModel(self.config)
 
     def score(self, batch):
         ids = batch["ids"]
         return self.byte_scores(self.model(ids[:, :-1]), ids[:, 1:])
 
     def flop_count(self):
-        return entropy_flops_per_byte(self.run.entropy, context_bytes=self.run.data.seq_len)
+        return entropy_flops_per_byte(self.config, context_bytes=self.data.seq_len)
 
 
 class BLTTask(LMTask):
-    """Trains the BLT; its frozen entropy model (from ``entropy_dir``) patches every batch on the fly."""
+    """Trains the BLT; its frozen entropy model (``config.entropy_model``) patches every batch on the fly.
+
+    ``patcher_state`` holds the entropy model's weights (None when a checkpoint being resumed brings them).
+    """
 
     kind = "blt"
+    config: BLTConfig
 
-    def __init__(self, run: RunConfig, max_steps: int, entropy_dir: str | Path | None = None):
-        self.entropy_state = (
-            None  # weights for the bundled patcher (a resumed run takes them from its checkpoint)
-        )
-        if entropy_dir is not None:
-            entropy = EntropyModel.from_pretrained(entropy_dir)
-            self.entropy_state = entropy.state_dict()
-            patching = run.blt.patching
-            if run.trainer.target_patch_size is not None:
-                patching = calibrated_patching(entropy, run)
-            run = replace(run, blt=replace(run.blt, entropy_model=entropy.config, patching=patching))
+    def __init__(
+        self,
+        config: BLTConfig,
+        data: DataConfig,
+        optim: OptimConfig,
+        cosine_steps: int,
+        compile: bool = False,
+        patcher_state: dict[str, torch.Tensor] | None = None,
+    ):
+        self.patcher_state = patcher_state
         self.patch_sums = {"positions": 0, "patches": 0}  # training batches, for the running FLOP count
-        super().__init__(run, max_steps)
+        super().__init__(config, data, optim, cosine_steps, compile)
 
     def build_model(self) -> BLT:
-        model = BLT(self.run.blt)
-        if self.entropy_state is not None:
-            model.patcher.load_state_dict(self.entropy_state)
+        model = BLT(self.config)
+        if self.patcher_state is not None:
+            model.patcher.load_state_dict(self.patcher_state)
         return model
 
     def score(self, batch):
@@ -253,13 +281,13 @@ class BLTTask(LMTask):
     def mean_patch_size(self, sums: dict[str, Any]) -> float:
         """Positions per patch; before any batch, the configured expectation."""
         if not sums or float(sums.get("patches", 0)) == 0:
-            return float(self.run.blt.patching.patch_size)
+            return float(self.config.patching.patch_size)
         return float(sums["positions"]) / float(sums["patches"])
 
     def flop_count(self, sums: dict[str, Any] | None = None):
         """FLOPs at the mean patch size of ``sums`` (default: of all training batches so far)."""
         p = self.mean_patch_size(self.patch_sums if sums is None else sums)
-        return blt_flops_per_byte(self.run.blt, p, context_bytes=self.run.data.seq_len)
+        return blt_flops_per_byte(self.config, p, context_bytes=self.data.seq_len)
 
     def state_extras(self) -> dict[str, Any]:
         return {"patch_sums": dict(self.patch_sums)}
@@ -274,45 +302,45 @@ class BLTTask(LMTask):
             "inference_flops_per_byte": flops.inference_flops_per_byte,
             "training_flops_per_byte": flops.training_flops_per_byte,
         }
-        if self.run.blt.entropy_model is not None:
-            entropy = entropy_flops_per_byte(self.run.blt.entropy_model, context_bytes=self.run.data.seq_len)
+        if self.config.entropy_model is not None:
+            entropy = entropy_flops_per_byte(self.config.entropy_model, context_bytes=self.data.seq_len)
             extras["entropy_inference_flops_per_byte"] = entropy.inference_flops_per_byte
         return extras
 
 
-def calibrated_patching(entropy: EntropyModel, run: RunConfig, sample_bytes: int = 32768) -> PatchingConfig:
-    """``run.blt.patching`` with the threshold giving ``trainer.target_patch_size`` on training windows."""
-    packed = PackedBatches(run.data, "train", shuffle=False)
-    n = min(len(packed), math.ceil(sample_bytes / (run.data.batch_size * run.data.seq_len)))
-    rows = torch.cat([packed.batch_at(i)[:, :-1] for i in range(n)])  # [N, seq_len] in corpus order
-    entropies = entropy.entropies(rows)
-    calibration = calibrate_threshold(
-        list(rows), list(entropies), run.trainer.target_patch_size, patching=run.blt.patching
-    )
-    say(f"patching calibrated on {rows.numel()} training bytes: {calibration}")
-    return calibration.patching(run.blt.patching)
-
-
 class BaselineTask(LMTask):
-    """Trains the tokenized baseline on the BPE token stream of the same training split."""
+    """Trains the tokenized baseline on the BPE token streams of the training and validation splits.
+
+    ``tokens`` maps each split to its documents as BOS + token ids + EOS, concatenated (see
+    :func:`blt.training.datamodule.token_stream`), tokenized with ``tokenizer``.
+    """
 
     kind = "baseline"
+    config: BaselineTrainConfig
 
-    def __init__(self, run: RunConfig, max_steps: int, tokenizer: BPETokenizer):
-        self.tokenizer = tokenizer
-        self.tokens = {split: token_stream(run.data, split, tokenizer.encode) for split in ("train", "val")}
+    def __init__(
+        self,
+        config: BaselineTrainConfig,
+        data: DataConfig,
+        optim: OptimConfig,
+        cosine_steps: int,
+        compile: bool,
+        tokenizer: BPETokenizer,
+        tokens: dict[str, np.ndarray],
+    ):
+        self.tokenizer, self.tokens = tokenizer, tokens
         # bytes of text behind every token id (0 for BOS, EOS, padding): the bits-per-byte denominator
         self.id_bytes = torch.tensor([len(b) for b in tokenizer.id_bytes])
-        lengths = self.id_bytes[torch.from_numpy(self.tokens["train"]).long()]
+        lengths = self.id_bytes[torch.from_numpy(tokens["train"]).long()]
         self.bytes_per_token = float(lengths.sum()) / max(1, int((lengths > 0).sum()))
-        super().__init__(run, max_steps)
+        super().__init__(config, data, optim, cosine_steps, compile)
 
     def build_model(self) -> BaselineLM:
-        return BaselineLM(self.run.baseline, self.tokenizer)
+        return BaselineLM(self.config, self.tokenizer)
 
     def batches(self, split: str) -> TokenBatches:
         return TokenBatches(
-            self.run.data, self.tokens[split], split, self.trainer.global_rank, self.trainer.world_size
+            self.data, self.tokens[split], split, self.trainer.global_rank, self.trainer.world_size
         )
 
     def score(self, batch):
@@ -325,14 +353,7 @@ class BaselineTask(LMTask):
 
     def flop_count(self):
         bpt, vocab = self.bytes_per_token, self.tokenizer.vocab_size
-        return tokenized_flops_per_byte(self.run.baseline, vocab, self.run.data.seq_len * bpt, bpt)
+        return tokenized_flops_per_byte(self.config, vocab, self.data.seq_len * bpt, bpt)
 
     def summary_extras(self) -> dict[str, Any]:
         return {"bytes_per_token": self.bytes_per_token, "vocab_size": self.tokenizer.vocab_size}
-
-
-TASKS = {"entropy": EntropyTask, "blt": BLTTask, "baseline": BaselineTask}
-
-
-def task_for(command: str, run: RunConfig, max_steps: int, **kwargs: Any) -> LMTask:
-    return TASKS[command](run, max_steps, **kwargs)
