@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import re
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser, Namespace
 
-from blt.config import ConfigError, from_dict
+from blt.config import ConfigError, from_dict, one_line
 
 USER_ERRORS = (ValueError, OSError)  # ConfigError, CheckpointError and UsageError are ValueErrors
 
@@ -58,34 +57,6 @@ class Parser(ArgumentParser):
             super().error(message, ex)
         print(f"{self.prog.replace(' [options]', '')}: error: {one_line(message)}", file=sys.stderr)
         sys.exit(2)
-
-
-def one_line(message: str) -> str:
-    """A jsonargparse error as one line: ``key: expected int. Got value: x``, ``unknown config key 'k'``."""
-    group = re.search(r"Group '([^']+)' does not accept (?:option|nested key) '([^']+)'", message)
-    if group:
-        return f"unknown config key '{group[1]}.{group[2]}'"
-    unknown = re.search(r"does not accept (?:option|nested key) '([^']+)'|Option '([^']+)' is not accepted", message)
-    if unknown:
-        return f"unknown config key '{unknown[1] or unknown[2]}'"
-    keyed = re.match(r'Parser key "([^"]+)":\s*(.*)', message, re.DOTALL)
-    if not keyed:
-        return " ".join(message.split())
-    key, rest = keyed.groups()
-    expected = [_type_name(t) for t in re.findall(r"Expected an? (.+?)(?=\. Got value:|$)", rest, re.M)]
-    got = re.search(r"(?:Got|Given) value: (.*)", rest)
-    if expected and got:
-        return f"{key}: expected {' or '.join(dict.fromkeys(expected))}. Got value: {got[1].strip()}"
-    return f"{key}: {' '.join(rest.split())}"
-
-
-def _type_name(text: str) -> str:
-    """``<class 'int'>`` -> int, ``typing.Literal['a', 'b']`` -> one of ['a', 'b'], NoneType -> null."""
-    text = text.strip().rstrip(".")
-    text = re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", text).replace("typing.", "")
-    if text == "NoneType":
-        return "null"
-    return re.sub(r"^Literal\[(.*)\]$", r"one of [\1]", text)
 
 
 def new_parser(

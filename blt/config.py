@@ -1,13 +1,10 @@
-"""Typed configuration: small dataclasses, YAML files and ``--section.key value`` overrides.
+"""Typed configuration: small dataclasses with their documentation, built from plain data.
 
 Every config is a dataclass whose fields carry their documentation in ``field(metadata={"doc": ...})``
-(use :func:`doc`). Configs nest: a field whose type is another config dataclass is a section. The same
-machinery serves every component, so validation errors look alike everywhere:
-
-- :func:`from_dict` builds a config from plain data and rejects unknown keys by their dotted name;
-- :func:`load_yaml` reads a YAML file into a dict (a missing file is a clear error);
-- :func:`apply_overrides` applies ``["--encoder.dim", "64", ...]`` style command-line overrides;
-- :func:`to_dict` / :func:`describe` go the other way (``--print_config`` and ``--help``).
+(use :func:`doc`; the command lines of :mod:`blt.cli` show it in ``--help``). Configs nest: a field whose
+type is another config dataclass is a section. :func:`from_dict` builds a config from plain data (a
+checkpoint's JSON, a YAML section) with jsonargparse, the command lines' parser, so an unknown key or a
+value of the wrong type is named the same way everywhere; :func:`to_dict` goes the other way.
 
 Model configs of the byte latent transformer live here too; data, optimisation and trainer configs live
 next to the code that uses them.
@@ -17,13 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
-
-import yaml
 
 T = TypeVar("T")
 
@@ -43,114 +38,78 @@ def doc(text: str, default: Any = dataclasses.MISSING, default_factory: Any = da
 
 
 # ----------------------------------------------------------------------------------------------------------
-# generic machinery
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_config(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Convert ``value`` (from YAML or a command-line string) to type ``tp``, or raise naming ``name``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
-        if is_none and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, name)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{name}: cannot be None")
-    if origin is typing.Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{name}: {value!r} is not one of {list(choices)}")
-        return value
-    if origin in (list, tuple):
-        (item_tp, *_) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str) and value.strip().startswith("["):
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                raise ConfigError(f"{name}: {value!r} is not a valid list (write [3, 4] or 3,4)") from None
-        elif isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        items = [_coerce(v, item_tp, f"{name}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value.replace("_", ""))
-            except ValueError:
-                number = math.nan
-            if number.is_integer():
-                return int(number)
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{name}: expected a string, got {value!r}")
-    if _is_config(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a section (mapping), got {value!r}")
-        return from_dict(tp, value, prefix=f"{name}.")
-    raise ConfigError(f"{name}: unsupported config type {tp!r}")
+# plain data <-> configs
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
-    """Build config ``cls`` from a (nested) dict; unknown keys and bad values raise :class:`ConfigError`."""
+    """Build config ``cls`` from plain (nested) data, e.g. a checkpoint's JSON or a YAML section.
+
+    jsonargparse (the command lines' parser) checks keys and types, so an unknown key or a value of the
+    wrong type is a :class:`ConfigError` naming its dotted key; the dataclasses' own checks then run
+    section by section and their errors name the section (``prefix`` names the whole, e.g. ``"blt."``).
+    """
+    from jsonargparse import ArgumentParser
+
+    where = prefix.rstrip(".") or cls.__name__
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: expected a mapping of keys, got {data!r}")
-    data = dict(data or {})
-    types_ = _field_types(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in names]
+        raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
+    parser = ArgumentParser(exit_on_error=False, default_env=False)
+    nested = prefix.rstrip(".") or None
+    parser.add_class_arguments(cls, nested)
+    try:
+        parsed = parser.parse_object({nested: data or {}} if nested else data or {}, defaults=True)
+    except Exception as e:  # noqa: BLE001 - jsonargparse's ArgumentError and friends: the message names the key
+        raise ConfigError(_unwrap(str(e), nested)) from None
+    values = parsed[nested] if nested else parsed
+    return _build(cls, values.as_dict(), prefix)
+
+
+def _unwrap(message: str, nested: str | None) -> str:
+    line = one_line(message)
+    if nested and line.startswith("unknown config key '") and not line.startswith(f"unknown config key '{nested}."):
+        line = line.replace("unknown config key '", f"unknown config key '{nested}.", 1)
+    return line
+
+
+def one_line(message: str) -> str:
+    """A jsonargparse error as one line: ``key: expected int. Got value: x``, ``unknown config key 'k'``."""
+    group = re.search(r"Group '([^']+)' does not accept (?:option|nested key) '([^']+)'", message)
+    if group:
+        return f"unknown config key '{group[1]}.{group[2]}'"
+    unknown = re.search(r"does not accept (?:option|nested key) '([^']+)'|Option '([^']+)' is not accepted", message)
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}' (valid keys here: {', '.join(sorted(names))})"
-        )
-    kwargs = {k: _coerce(v, types_[k], f"{prefix}{k}") for k, v in data.items()}
+        return f"unknown config key '{unknown[1] or unknown[2]}'"
+    keyed = re.match(r'Parser key "([^"]+)":\s*(.*)', message, re.DOTALL)
+    if not keyed:
+        return " ".join(message.split())
+    key, rest = keyed.groups()
+    expected = [_type_name(t) for t in re.findall(r"Expected an? (.+?)(?=\. Got value:|$)", rest, re.M)]
+    got = re.search(r"(?:Got|Given) value: (.*)", rest)
+    if expected and got:
+        return f"{key}: expected {' or '.join(dict.fromkeys(expected))}. Got value: {got[1].strip()}"
+    return f"{key}: {' '.join(rest.split())}"
+
+
+def _type_name(text: str) -> str:
+    """``<class 'int'>`` -> int, ``typing.Literal['a', 'b']`` -> one of ['a', 'b'], NoneType -> null."""
+    text = text.strip().rstrip(".")
+    text = re.sub(r"<class '(?:\w+\.)*(\w+)'>", r"\1", text).replace("typing.", "")
+    if text == "NoneType":
+        return "null"
+    return re.sub(r"^Literal\[(.*)\]$", r"one of [\1]", text)
+
+
+def _build(cls: type[T], values: dict[str, Any], prefix: str) -> T:
+    """Instantiate ``cls`` (nested sections first) from already type-checked values."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name not in values:
+            continue
+        value, inner = values[f.name], _section_type(hints[f.name])
+        if inner is not None and isinstance(value, dict):
+            value = _build(inner, value, f"{prefix}{f.name}.")
+        kwargs[f.name] = value
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field without a value
@@ -159,6 +118,17 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
         if not prefix or str(e).startswith(prefix):
             raise
         raise ConfigError(f"{prefix.rstrip('.')}: {e}") from None
+
+
+def _section_type(tp: Any) -> type | None:
+    """The config dataclass behind a field type (``X`` or ``X | None``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -172,80 +142,6 @@ def to_dict(config: Any) -> dict[str, Any]:
         return v
 
     return plain(config)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict; a missing or malformed file is a :class:`ConfigError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must contain a mapping at the top level")
-    return data
-
-
-def parse_overrides(args: list[str]) -> dict[str, Any]:
-    """``["--a.b", "1", "--c=x"]`` -> ``{"a": {"b": "1"}, "c": "x"}`` (values stay strings until coerced)."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or len(arg) == 2:
-            raise ConfigError(f"expected an option like --section.key, got {arg!r}")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                raise ConfigError(f"option --{key} needs a value")
-            value = args[i + 1]
-            i += 1
-        i += 1
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"option --{key} sets a key inside a value")
-        node[parts[-1]] = value
-    return out
-
-
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge: ``update`` wins, sections merge key by key."""
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def apply_overrides(config: T, args: list[str]) -> T:
-    """A copy of ``config`` with ``--section.key value`` overrides applied and validated."""
-    return from_dict(type(config), merge(to_dict(config), parse_overrides(args)))
-
-
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """``(--dotted.name, type, doc)`` for every leaf field of ``cls``: the body of ``--help``."""
-    rows = []
-    types_ = _field_types(cls)
-    for f in dataclasses.fields(cls):
-        tp = types_[f.name]
-        if _is_config(tp):
-            rows += describe(tp, f"{prefix}{f.name}.")
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        type_name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-        rows.append((f"--{prefix}{f.name}", type_name, f"{f.metadata.get('doc', '')} (default: {default!r})"))
-    return rows
 
 
 def check(condition: bool, message: str) -> None:

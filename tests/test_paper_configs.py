@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import BltConfig, BltForCausalLM
 
 from blt.checkpoint.hf import blt_name
 from blt.checkpoint.original import ffn_dim
-from blt.config import BLTConfig, EntropyModelConfig, from_dict, load_yaml
+from blt.config import BLTConfig, EntropyModelConfig, from_dict
 from blt.model import BLT
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -52,7 +53,7 @@ COMMON = {"theta": 500000.0, "window": 512, "sizes": [3, 4, 5, 6, 7, 8], "hash_v
 
 def yaml_config(name: str) -> BLTConfig:
     """The BLT of ``configs/<name>.yaml`` with its entropy section as the bundled patcher (what `blt` trains)."""
-    sections = load_yaml(CONFIGS / f"{name}.yaml")
+    sections = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     entropy = from_dict(EntropyModelConfig, sections["entropy"], prefix="entropy.")
     return dataclasses.replace(from_dict(BLTConfig, sections["blt"], prefix="blt."), entropy_model=entropy)
 
