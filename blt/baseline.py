@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from blt.checkpoint import (
     CheckpointError,
+    atomic_write,
     load_state,
     read_config,
     read_weights,
@@ -208,7 +209,8 @@ class BPETokenizer:
             raise ValueError(f"{path} is not a SentencePiece model: {e}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(self.model_proto)
+        """Write the SentencePiece model atomically: a kill leaves the previous file or none, never half."""
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(self.model_proto))
 
     def encode(self, text: str | bytes, add_bos: bool = True, add_eos: bool = False) -> list[int]:
         """Token ids of ``text`` (str is UTF-8 encoded; bytes are used as they are)."""

@@ -144,9 +144,10 @@ def read_weights(directory: str | Path, keep: Callable[[str], bool] | None = Non
         if path.is_file():
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - any unpickling failure means we refuse the file
+            except Exception:  # noqa: BLE001 - any unpickling failure means we refuse the file
                 raise CheckpointError(
-                    f"refusing {path}: it is not a plain tensor checkpoint loadable with weights_only=True ({e})"
+                    f"refusing {path}: it is not a plain tensor checkpoint; it was not loaded and nothing in it "
+                    "was executed"
                 ) from None
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
                 raise CheckpointError(f"{path} does not hold a flat dict of tensors")
