@@ -29,7 +29,7 @@ import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 
-from blt.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from blt.checkpoint import CheckpointError, atomic_write, load_pretrained, save_pretrained
 from blt.config import BaselineConfig, check, doc
 from blt.lm import CausalLM
 
@@ -201,7 +201,8 @@ class BPETokenizer:
             raise ValueError(f"{path} is not a SentencePiece model: {e}") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(self.model_proto)
+        """Write the SentencePiece model atomically: a kill leaves the previous file or none, never half."""
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(self.model_proto))
 
     def encode(self, text: str | bytes, add_bos: bool = True, add_eos: bool = False) -> list[int]:
         """Token ids of ``text`` (str is UTF-8 encoded; bytes are used as they are)."""

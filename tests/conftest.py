@@ -55,13 +55,18 @@ def make_text():
     return _make_text
 
 
-@pytest.fixture
-def text_corpus(tmp_path) -> Path:
-    """A folder of 40 small text documents (about 40 KB, some in a subfolder): a corpus for `DataConfig.source`."""
+def make_corpus(parent: Path) -> Path:
+    """``parent/corpus``: 40 small text documents (about 40 KB, some in a subfolder), always the same."""
     rng = random.Random(0)
-    root = tmp_path / "corpus"
+    root = parent / "corpus"
     (root / "sub").mkdir(parents=True)
     for i in range(40):
         folder = root / "sub" if i % 4 == 0 else root
         (folder / f"doc{i:02d}.txt").write_text(_make_text(rng, rng.randint(300, 1700)))
     return root
+
+
+@pytest.fixture
+def text_corpus(tmp_path) -> Path:
+    """A folder of 40 small text documents (about 40 KB, some in a subfolder): a corpus for `DataConfig.source`."""
+    return make_corpus(tmp_path)

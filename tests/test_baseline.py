@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,6 +123,22 @@ def test_save_and_load_tokenizer(tokenizer, tmp_path):
     assert BPETokenizer.load(tmp_path / "t.model").encode("abc") == tokenizer.encode("abc")
     with pytest.raises(FileNotFoundError):
         BPETokenizer.load(tmp_path / "missing.model")
+
+
+def test_a_crash_while_saving_the_tokenizer_keeps_the_previous_file(tokenizer, tmp_path, monkeypatch):
+    path = tmp_path / "t.model"
+    tokenizer.save(path)
+    before = path.read_bytes()
+
+    def half(self, data):
+        with open(self, "wb") as f:
+            f.write(data[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", half)
+    with pytest.raises(KeyboardInterrupt):
+        tokenizer.save(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["t.model"]
 
 
 # ----------------------------------------------------------------------------------------------------------
