@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from blt import checkpoint as ckpt
+from blt.checkpoint import files as ckpt
 from blt.training import callbacks, modules, pipeline, run
 from blt.training.cli import main
 

@@ -138,7 +138,7 @@ def test_the_two_validation_numbers_say_what_they_measure(text_corpus, tmp_path,
     whole = summary["val_split"]
     assert whole["bytes"] == split and "whole validation split, every byte predicted once" in out
     # the whole-split number is blt-eval's own
-    args = ["bpb", "--checkpoint", str(run_dir / "model"), "--data", str(text_corpus), "--json"]
+    args = ["bpb", "--checkpoint", str(run_dir / "model"), "--data.source", str(text_corpus), "--json"]
     assert blt_eval([*args, "--data.val_fraction", "0.2"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["bits_per_byte"] == pytest.approx(whole["bits_per_byte"], rel=1e-12)
