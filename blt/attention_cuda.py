@@ -1,6 +1,6 @@
 """CUDA attention back-ends behind :func:`blt.attention.causal_attention`: flex_attention and xformers.
 
-Both compute exactly the mask of :func:`blt.attention.attention_mask` (causal by position, optional sliding
+Both compute exactly the mask of :func:`blt.masks.attention_mask` (causal by position, optional sliding
 window, optional segments). Only the mask construction runs on the CPU (tested there); the kernels need CUDA.
 
 xformers takes structured masks: bottom-right causal (queries continuing a KV cache) and block-diagonal
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from blt.attention import attention_mask
+from blt.masks import attention_mask
 
 
 def flex_mask_mod(

@@ -1,9 +1,13 @@
 """Llama-style transformer building blocks shared by every BLT component.
 
 RMSNorm, rotary position embeddings on interleaved pairs (as the released BLT models use), grouped-query
-self-attention with an optional sliding window and KV cache, a SwiGLU feed-forward, the pre-norm block and a
-stack of blocks. Parameter names follow the Hugging Face BLT layout (q_proj, gate_proj, ...) so that
+self-attention with an optional sliding window, a SwiGLU feed-forward, the pre-norm block, a stack of blocks,
+and the stack's KV cache. Parameter names follow the Hugging Face BLT layout (q_proj, gate_proj, ...) so that
 checkpoint conversion is a renaming of prefixes.
+
+One forward serves training, scoring and decoding: without a cache a stack attends within its input; with a
+:class:`KVCache` its input continues what the cache holds, each batch row at its own positions, so rows of
+different lengths decode together.
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ import torch.nn.functional as F
 
 from blt.attention import BACKENDS, causal_attention
 from blt.config import TransformerConfig
+from blt.masks import attention_mask
+
+EMPTY = 1 << 62  # position of a KV cache slot that holds nothing: no query ever sees it
+# A cache of a stack with at most this many q/k/v/gate/up weights carries fused copies of them (one matmul
+# instead of three, one instead of two). Small stacks step at the cost of their ops, so fusing pays; bigger
+# ones are bound by reading their weights, where fusing gains nothing and would double their memory.
+FUSE_LIMIT = 1 << 24
 
 
 class RMSNorm(nn.Module):
@@ -25,62 +36,186 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if x.dtype == torch.float32 and w.dtype == torch.float32:  # the same maths in one op
+            return torch.rms_norm(x, w.shape, w, self.eps)
         # normalise in float32: bf16 sums of squares lose too much precision
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return w * torch.rms_norm(x.float(), w.shape, eps=self.eps).to(x.dtype)
 
 
 class Rotary(nn.Module):
-    """cos/sin tables for RoPE on interleaved pairs (dims 2i and 2i+1 rotate together)."""
+    """RoPE on interleaved pairs (dims 2i and 2i+1 rotate together), as complex rotations e^(i p f)."""
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [T] or [B, T] -> cos, sin: [T, D/2] or [B, T, D/2] (float32)."""
-        freqs = positions.float().unsqueeze(-1) * self.inv_freq
-        return freqs.cos(), freqs.sin()
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions [T] or [B, T] -> rotations [T, 1, D/2] or [B, T, 1, D/2] (complex64, broadcast over
+        heads): cos + i sin of every pair's angle."""
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq  # [.., T, D/2]
+        return torch.complex(freqs.cos(), freqs.sin()).unsqueeze(-2)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos/sin: [T, D/2] or [B, T, D/2]."""
-    if cos.dim() == 3:  # per-sequence positions: broadcast over heads
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    xf = x.float()
-    even, odd = xf[..., 0::2], xf[..., 1::2]
-    out = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1)
-    return out.flatten(-2).to(x.dtype)
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H, D] rotated pair by pair, in float32: the pair (e, o) read as e + i o times ``rot``, which
+    is (e cos - o sin, o cos + e sin)."""
+    pairs = torch.view_as_complex(x.float().view(*x.shape[:-1], -1, 2))  # [B, T, H, D/2]
+    return torch.view_as_real(pairs * rot).view(x.shape).to(x.dtype)
 
 
 class KVCache:
-    """Keys/values of past positions for one attention layer, bounded by the sliding window."""
+    """Keys/values of past positions for every layer of one stack, for a batch of rows at their own positions.
 
-    def __init__(self, window: int | None = None):
-        self.window = window
-        self.k: torch.Tensor | None = None  # [B, Hkv, S, D]
-        self.v: torch.Tensor | None = None
-        self.pos: torch.Tensor | None = None  # [S] positions of the cached entries
+    Every layer keeps preallocated buffers [B, Hkv, S, Dh]: a ring of S = window slots (position p in slot
+    p % S) for windowed stacks, else slots indexed by position, doubled when full. ``pos`` [B, S] holds each
+    slot's position (EMPTY: none). The layers share it, so a forward builds one mask (and looks up one rotary
+    table) for all of them. Often none is needed: once every row's ring holds ``window`` consecutive
+    positions, all of them are in the window of the next one; and rows that all hold positions 0 .. n - 1
+    (one prompt, or prompts of one length) see exactly the first n slots.
 
-    def extend(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
-        """Add new entries; return all keys/values/positions the new queries may need."""
-        if self.k is not None:
-            k = torch.cat([self.k, k], dim=2)
-            v = torch.cat([self.v, v], dim=2)
-            pos = torch.cat([self.pos, pos])
-        keep = k.shape[2] if self.window is None else min(k.shape[2], self.window)
-        self.k, self.v, self.pos = k[:, :, -keep:], v[:, :, -keep:], pos[-keep:]
-        return k, v, pos
+    A forward either continues every row (no positions given) or writes given positions [B, T]; these must
+    continue each row: a chunk starts at or before the row's next position. A row that writes position p and
+    does not advance rewrites the same slot at its next forward, so such a discarded step leaves nothing that
+    a later query sees (the global transformer steps every row when any of them closes a patch).
+    """
 
-    def __len__(self) -> int:
-        return 0 if self.pos is None else int(self.pos.numel())
+    def __init__(self, stack: Transformer, batch_size: int, max_len: int | None = None):
+        config, ref = stack.config, stack.layers[0].attn.k_proj.weight
+        self.window, self.rotary = config.window, stack.rotary
+        # a window that covers every position the rows will reach needs no ring
+        self.ring = self.window is not None and (max_len is None or self.window < max_len)
+        self.size = self.window if self.ring else 16
+        self.dtype = ref.dtype
+        self.pos = torch.full((batch_size, self.size), EMPTY, dtype=torch.long, device=ref.device)
+        self.rows = torch.arange(batch_size, device=ref.device).unsqueeze(1)  # [B, 1]
+        self.next = torch.zeros(
+            batch_size, dtype=torch.long, device=ref.device
+        )  # [B] each row's next position
+        self.rot = torch.zeros(0)  # rotations [n, 1, Dh/2] of positions 0..n-1, grown on demand
+        # host-side bounds, so that growing and dropping the mask need no sync: the next forward writes no
+        # position at or past ``bound`` + its length; every row holds at least ``filled`` consecutive
+        # positions ending at its latest; ``aligned``: every row holds exactly positions 0 .. filled - 1
+        self.bound = self.filled = 0
+        self.aligned = True
+        fuse = sum(layer.attn.projected + layer.mlp.projected for layer in stack.layers) <= FUSE_LIMIT
+        shape = (batch_size, config.kv_heads, self.size, config.head_dim)
+        self.layers = [
+            LayerCache(self, ref.new_zeros(shape), layer if fuse else None) for layer in stack.layers
+        ]
+        # of the current forward, set by prepare(): where the new entries go, and what the queries see
+        self.slots = self.mask = self.visible = None
+        self.in_place = True
+
+    @property
+    def batch_size(self) -> int:
+        return self.pos.shape[0]
+
+    def prepare(self, T: int, positions: torch.Tensor | None = None):
+        """Claim the slots of T new positions per row: ``positions`` [B, T], or None to continue every row.
+
+        Returns the positions [B, T] and their rotations [B, T, 1, Dh/2].
+        """
+        given = positions is not None
+        if not given:
+            positions = self.next.unsqueeze(1)
+            if T > 1:
+                positions = positions + torch.arange(T, device=positions.device)
+            self.next = self.next + T
+            self.filled += T
+        else:
+            self.next = positions[:, -1] + 1
+            # given positions may rewrite older ones: a ring is no longer known to be full, rows to be aligned
+            self.filled, self.aligned = 0, False
+        self.bound += T
+        if not self.ring and self.bound > self.size and given:
+            # rows that did not advance make the bound too high: a rare sync keeps the buffer from growing
+            self.bound = int(positions.max()) + 1
+        if not self.ring and self.bound > self.size:
+            self._grow(max(2 * self.size, self.bound))
+        if self.bound > self.rot.shape[0]:
+            self.rot = self.rotary(
+                torch.arange(max(2 * self.rot.shape[0], self.bound, 64), device=self.pos.device)
+            )
+        # a chunk written into a ring before it attends would overwrite keys its own first queries need
+        self.in_place = not self.ring or T == 1
+        keep = positions[:, -self.size :] if self.size < T else positions  # at most one per slot
+        self.slots = keep % self.size if self.ring else keep
+        keys = self.pos if self.in_place else torch.cat([self.pos, positions], dim=1)
+        self.pos[self.rows, self.slots] = keep
+        self.mask, self.visible = None, None
+        if self.in_place and self.ring and self.filled >= self.size:
+            pass  # every slot holds one of the last ``window`` positions: all are seen
+        elif T == 1 and self.aligned and (self.window is None or self.filled <= self.window):
+            self.visible = (
+                self.filled
+            )  # every row holds positions 0 .. filled - 1, in the slots of those numbers
+        else:
+            seen = attention_mask(positions, keys, self.window)  # [B, 1, T, S or S + T]
+            # an additive mask: SDPA's CPU kernel is faster with it than with a boolean one
+            self.mask = torch.where(seen, 0.0, float("-inf")).to(self.dtype)
+        return positions, self.rot[positions]
+
+    def _grow(self, size: int) -> None:
+        extra = size - self.size
+        for layer in self.layers:
+            layer.k, layer.v = F.pad(layer.k, (0, 0, 0, extra)), F.pad(layer.v, (0, 0, 0, extra))
+        self.pos = F.pad(self.pos, (0, extra), value=EMPTY)
+        self.size = size
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only batch rows ``rows`` (finished sequences leave a batched generation)."""
-        if self.k is not None:
-            self.k, self.v = self.k[rows], self.v[rows]
+        """Keep only batch rows ``rows`` [n] (finished sequences leave a batched generation)."""
+        for layer in self.layers:
+            layer.k, layer.v = layer.k[rows], layer.v[rows]
+        self.pos, self.next, self.rows = self.pos[rows], self.next[rows], self.rows[: len(rows)]
+
+    def add_rows(self, others: list[KVCache]) -> None:
+        """Append the rows of other caches of the same stack after this one's (prompts prefilled one by one
+        become one batch); the others are left grown to this cache's size."""
+        caches = [self, *others]
+        size = max(c.size for c in caches)
+        for c in caches:
+            if c.size < size:
+                c._grow(size)
+        for i, layer in enumerate(self.layers):
+            layer.k = torch.cat([c.layers[i].k for c in caches])
+            layer.v = torch.cat([c.layers[i].v for c in caches])
+        self.pos, self.next = torch.cat([c.pos for c in caches]), torch.cat([c.next for c in caches])
+        self.rows = torch.arange(self.pos.shape[0], device=self.pos.device).unsqueeze(1)
+        self.bound, self.filled = max(c.bound for c in caches), min(c.filled for c in caches)
+        self.aligned = all(c.aligned and c.filled == self.filled for c in caches)
+        self.rot = max((c.rot for c in caches), key=len)
+
+
+class LayerCache:
+    """One layer's keys/values in a :class:`KVCache` (what a :class:`Block` takes), with the layer's fused
+    q/k/v and gate/up weights when its stack is small (see ``FUSE_LIMIT``; None otherwise)."""
+
+    def __init__(self, cache: KVCache, buffer: torch.Tensor, block: Block | None):
+        self.cache, self.k, self.v = cache, buffer, buffer.clone()  # [B, Hkv, S, Dh] each
+        self.qkv = self.gate_up = None
+        if block is not None:
+            a, m = block.attn, block.mlp
+            self.qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+            self.gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
+
+    def update(self, k: torch.Tensor, v: torch.Tensor):
+        """Store the new keys/values [B, T, Hkv, Dh] of the forward the cache prepared; returns the keys and
+        values [B, Hkv, S', Dh] its queries attend to."""
+        cache, keys, values = self.cache, self.k, self.v
+        if not cache.in_place:
+            keys = torch.cat([keys, k.transpose(1, 2)], dim=2)
+            values = torch.cat([values, v.transpose(1, 2)], dim=2)
+        n = cache.slots.shape[1]
+        if n < k.shape[1]:  # a chunk longer than the ring: only its newest entries stay
+            k, v = k[:, -n:], v[:, -n:]
+        # rows [B, 1] and slots [B, n] index [B, n, Hkv, Dh]
+        self.k[cache.rows, :, cache.slots] = k
+        self.v[cache.rows, :, cache.slots] = v
+        if cache.visible is not None:
+            keys, values = keys[:, :, : cache.visible], values[:, :, : cache.visible]
+        return keys, values
 
 
 class SelfAttention(nn.Module):
@@ -94,20 +229,30 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(config.dim, self.n_kv * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.dim, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
+        self.projected = config.dim * (self.n_heads + 2 * self.n_kv) * self.head_dim  # q/k/v weights
 
-    def forward(self, x, cos, sin, positions, cache: KVCache | None = None, segments=None):
+    def forward(self, x, rot, positions, cache: LayerCache | None = None, segments=None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hkv, T, D]
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_pos = positions
-        if cache is not None:
-            if segments is not None or positions.dim() != 1:
-                raise ValueError("a KV cache takes one shared position vector and no segment ids")
-            k, v, k_pos = cache.extend(k, v, positions)
-        drop = self.dropout if self.training else 0.0
-        y = causal_attention(q, k, v, positions, k_pos, self.window, segments, segments, self.backend, drop)
+        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        if cache is not None and cache.qkv is not None:
+            # a small stack decoding: q/k/v in one matmul, q and k rotated in one go
+            qkv = F.linear(x, cache.qkv).view(B, T, H + 2 * Hkv, D)
+            qk = apply_rope(qkv[:, :, : H + Hkv], rot)
+            q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + Hkv :]  # [B, T, heads, D]
+        else:
+            q = apply_rope(self.q_proj(x).view(B, T, H, D), rot)
+            k = apply_rope(self.k_proj(x).view(B, T, Hkv, D), rot)
+            v = self.v_proj(x).view(B, T, Hkv, D)
+        q = q.transpose(1, 2)  # [B, H, T, D]
+        if cache is None:
+            drop = self.dropout if self.training else 0.0
+            k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hkv, T, D]
+            y = causal_attention(
+                q, k, v, positions, positions, self.window, segments, segments, self.backend, drop
+            )
+        else:
+            k, v = cache.update(k, v)  # the cache's [B, Hkv, S, D]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.cache.mask, enable_gqa=Hkv != H)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -117,9 +262,15 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.projected = 2 * dim * hidden  # gate/up weights
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor, gate_up: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, dim]; ``gate_up``: the gate and up weights fused (a decoding cache keeps them)."""
+        if gate_up is not None:
+            gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -133,13 +284,16 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config.dim, config.hidden_dim)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos, sin, positions, cache=None, segments=None):
-        x = x + self.dropout(self.attn(self.attn_norm(x), cos, sin, positions, cache, segments))
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+    def forward(self, x, rot, positions, cache: LayerCache | None = None, segments=None):
+        # in eval mode dropout is the identity: skipping its call matters when decoding byte by byte
+        h = self.attn(self.attn_norm(x), rot, positions, cache, segments)
+        x = x + (self.dropout(h) if self.training else h)
+        h = self.mlp(self.mlp_norm(x), cache.gate_up if cache is not None else None)
+        return x + (self.dropout(h) if self.training else h)
 
 
 class Transformer(nn.Module):
-    """A stack of blocks with its rotary tables; no embedding, final norm or head (callers differ there)."""
+    """A stack of blocks with its rotary embedding; no embedding, final norm or head (callers differ there)."""
 
     def __init__(self, config: TransformerConfig, backend: str = "sdpa"):
         super().__init__()
@@ -147,23 +301,39 @@ class Transformer(nn.Module):
         self.rotary = Rotary(config.head_dim, config.rope_theta)
         self.layers = nn.ModuleList(Block(config, backend) for _ in range(config.n_layers))
 
-    def new_cache(self) -> list[KVCache]:
-        return [KVCache(self.config.window) for _ in self.layers]
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        """An empty cache for ``batch_size`` rows; ``max_len``: how long they may grow, if known (a window
+        that covers it needs no ring)."""
+        return KVCache(self, batch_size, max_len)
+
+    def begin(self, x: torch.Tensor, positions=None, cache: KVCache | None = None, segments=None):
+        """What every layer of a forward on x [B, T, dim] shares: (positions, rotations, per-layer caches)."""
+        B, T, _ = x.shape
+        if cache is None:
+            positions = torch.arange(T, device=x.device) if positions is None else positions
+            return positions, self.rotary(positions), [None] * len(self.layers)
+        if segments is not None:
+            raise ValueError("a KV cache takes no segment ids (it keeps one sequence per row)")
+        if cache.batch_size != B:
+            raise ValueError(f"the KV cache holds {cache.batch_size} rows but the input has {B}")
+        if positions is not None and positions.dim() == 1:
+            positions = positions.expand(B, T)
+        return (*cache.prepare(T, positions), cache.layers)
 
     def forward(
         self,
         x: torch.Tensor,
         positions: torch.Tensor | None = None,
-        cache: list[KVCache] | None = None,
+        cache: KVCache | None = None,
         segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: [B, T, dim]; positions: [T] or [B, T] (default 0..T-1, or continuing the cache)."""
-        if positions is None:
-            start = int(cache[0].pos[-1]) + 1 if cache and len(cache[0]) else 0
-            positions = torch.arange(start, start + x.shape[1], device=x.device)
-        cos, sin = self.rotary(positions)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, positions, cache[i] if cache is not None else None, segments)
+        """x: [B, T, dim]; positions: [T] or [B, T] (default 0..T-1, or continuing every row of the cache).
+
+        With ``cache`` the input continues what the cache holds and is added to it.
+        """
+        positions, rot, layer_caches = self.begin(x, positions, cache, segments)
+        for layer, layer_cache in zip(self.layers, layer_caches):
+            x = layer(x, rot, positions, layer_cache, segments)
         return x
 
 

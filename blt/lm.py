@@ -48,16 +48,17 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(config.dim, vocab_size, bias=False)
         init_weights(self)
 
-    def new_cache(self) -> list[KVCache]:
-        return self.transformer.new_cache()
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for ``batch_size`` rows (see :meth:`Transformer.new_cache`)."""
+        return self.transformer.new_cache(batch_size, max_len)
 
     def forward(
         self,
         ids: torch.Tensor,
         positions: torch.Tensor | None = None,
-        cache: list[KVCache] | None = None,
+        cache: KVCache | None = None,
         segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ids: [B, T] -> logits [B, T, vocab] in float32."""
+        """ids: [B, T] -> logits [B, T, vocab] in float32; with ``cache`` the ids continue its rows."""
         h = self.transformer(self.embed_tokens(ids), positions, cache, segments)
         return self.lm_head(self.norm(h)).float()

@@ -8,12 +8,18 @@
    windowed byte-level layers, a final norm and the 260-way head.
 
 Numerically this is transformers' ``BltForCausalLM``, including two of its quirks that the released
-checkpoints were converted under: the patch cross-attention adds its residual twice (once inside the
-attention, once outside), and with ``cross_attn_all_layers`` the encoder rebuilds the patch states after
+checkpoints were converted under: the patch cross-attention adds its residual twice
+(:class:`CrossAttention`), and with ``cross_attn_all_layers`` the encoder rebuilds the patch states after
 every layer so only the last layer's cross-attention reaches the output.
 
 Byte t's decoder reads the patch that ends at t when one ends there, else the patch before its own. Patch
 boundaries at t depend only on bytes before t, so the logits at t never change when bytes are appended.
+
+Every part also decodes: its forward takes a cache (``new_cache``) and then continues the cached rows, each
+at its own position. Next to the KV caches, :class:`EncoderCache` keeps the ids the hash n-grams reach back
+to and the byte states of each row's open patch (:meth:`LocalEncoder.close_patches` pools them), and
+:class:`DecoderCache` the cross-attention keys/values of each row's latest closed patch
+(:meth:`LocalDecoder.read_patch`). :mod:`blt.generate` runs the decoding loop over them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from blt import kernels as ops  # byte<->patch operations (BLT_KERNELS=reference: plain blt.patch_ops)
@@ -35,7 +42,11 @@ from blt.config import (
     TransformerConfig,
     check,
 )
+from blt.generate import generate
 from blt.layers import KVCache, RMSNorm, Transformer, init_weights
+from blt.patch_ops import decoder_patch_ids
+from blt.patcher import EntropyModel
+from blt.patcher.schemes import ENTROPY_SCHEMES, decide_starts, lengths_from_starts
 from blt.tokenizer import check_id_batch
 
 KIND = "blt"
@@ -60,18 +71,77 @@ class CrossAttention(nn.Module):
         self.v_proj = nn.Linear(config.dim, self.n_kv * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, attend, patch_ids: torch.Tensor, k_rep: int):
-        """x [B, Tq, D], memory [B, Tk, D]; ``attend`` is a patch_ops attention -> x + attention [B, Tq, D]."""
-        B, Tq, _ = x.shape
-        q = self.q_proj(self.q_norm(x)).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory [B, Tk, D] -> keys, values [B, H, Tk, Dh] (grouped heads repeated: the patch attentions
+        take one key head per query head)."""
+        B = memory.shape[0]
         m = self.k_norm(memory)
         k = self.k_proj(m).view(B, -1, self.n_kv, self.head_dim).transpose(1, 2)
         v = self.v_proj(m).view(B, -1, self.n_kv, self.head_dim).transpose(1, 2)
         if self.n_kv != self.n_heads:
             k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        y = attend(q, k, v, patch_ids, k_rep)  # [B, H, Tq, Dh]
-        return x + self.o_proj(y.transpose(1, 2).reshape(B, Tq, -1))
+        return k, v
+
+    def forward(self, x, memory, attend, kv=None) -> torch.Tensor:
+        """x [B, Tq, D] attends to memory [B, Tk, D] (or its ``kv`` from :meth:`keys_values`, which a decoding
+        cache keeps) through ``attend(q, k, v)``, one of the patch attentions -> [B, Tq, D]."""
+        B, Tq, _ = x.shape
+        q = self.q_proj(self.q_norm(x)).view(B, Tq, self.n_heads, self.head_dim).transpose(1, 2)
+        k, v = self.keys_values(memory) if kv is None else kv
+        y = attend(q, k, v)  # [B, H, Tq, Dh]
+        # the released models' quirk (see the module docstring): the residual is added twice
+        return x + (x + self.o_proj(y.transpose(1, 2).reshape(B, Tq, -1)))
+
+
+class EncoderCache:
+    """What the local encoder keeps while decoding a batch: its KV cache, the last ids the hash n-grams of the
+    next one reach back to, and the byte states of each row's open patch (pooled when the patch closes)."""
+
+    def __init__(self, encoder: LocalEncoder, batch_size: int, max_len: int):
+        self.kv = encoder.transformer.new_cache(batch_size, max_len)
+        device = self.kv.pos.device
+        # id 0 before the start, as LocalEncoder.embed pads a sequence
+        self.recent = torch.zeros(batch_size, encoder.reach - 1, dtype=torch.long, device=device)
+        self.open = self.kv.layers[0].k.new_zeros(batch_size, 16, encoder.config.dim)  # [B, capacity, D]
+        self.open_len = torch.zeros(
+            batch_size, dtype=torch.long, device=device
+        )  # [B] bytes in the open patch
+        self.open_lens = [0] * batch_size  # the same on the host: sizing the buffer needs no sync
+
+    def extend_open(self, h: torch.Tensor) -> None:
+        """Append byte states h [B, T, D] to every row's open patch."""
+        T = h.shape[1]
+        need = max(self.open_lens) + T
+        if need > self.open.shape[1]:
+            self.open = F.pad(self.open, (0, 0, 0, max(need, 2 * self.open.shape[1]) - self.open.shape[1]))
+        slots = self.open_len.unsqueeze(1)  # [B, T]
+        if T != 1:
+            slots = slots + torch.arange(T, device=h.device)
+        self.open[self.kv.rows, slots] = h
+        self.open_len = self.open_len + T
+        self.open_lens = [n + T for n in self.open_lens]
+
+    def clear_open(self, rows: list[bool]) -> None:
+        """Empty the open patch of the rows marked True (their patch closed)."""
+        closed = torch.tensor(rows, device=self.open_len.device)
+        self.open_len = self.open_len.masked_fill(closed, 0)
+        self.open_lens = [0 if c else n for n, c in zip(self.open_lens, rows)]
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.kv.select(rows)
+        self.recent, self.open, self.open_len = self.recent[rows], self.open[rows], self.open_len[rows]
+        self.open_lens = [self.open_lens[r] for r in rows.tolist()]
+
+    def add_rows(self, others: list[EncoderCache]) -> None:
+        """Append the rows of other caches of the same encoder after this one's."""
+        caches = [self, *others]
+        width = max(c.open.shape[1] for c in caches)
+        self.open = torch.cat([F.pad(c.open, (0, 0, 0, width - c.open.shape[1])) for c in caches])
+        self.kv.add_rows([c.kv for c in others])
+        self.recent = torch.cat([c.recent for c in caches])
+        self.open_len = torch.cat([c.open_len for c in caches])
+        self.open_lens = [n for c in caches for n in c.open_lens]
 
 
 class LocalEncoder(nn.Module):
@@ -79,6 +149,7 @@ class LocalEncoder(nn.Module):
         super().__init__()
         self.config, self.k_rep = config, k_rep
         self.n_tables = config.hash_functions * len(config.hash_ngram_sizes)
+        self.reach = max(config.hash_ngram_sizes, default=1) if self.n_tables else 1  # ids an embedding reads
         self.embed_tokens = nn.Embedding(vocab_size, config.dim)
         # one table for every (hash function, n-gram size), concatenated (the released layout)
         self.hash_embeddings = (
@@ -88,6 +159,9 @@ class LocalEncoder(nn.Module):
         self.patch_embedding_projection = nn.Linear(config.dim, config.dim * k_rep, bias=False)
         n_cross = config.n_layers if config.cross_attn_all_layers else 1
         self.cross_attn_layers = nn.ModuleList(CrossAttention(config) for _ in range(n_cross))
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> EncoderCache:
+        return EncoderCache(self, batch_size, self.config.max_seq_len if max_len is None else max_len)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, T] -> byte + hash n-gram embeddings [B, T, D] (n-grams reach back over earlier ids)."""
@@ -103,20 +177,35 @@ class LocalEncoder(nn.Module):
             c.hash_vocab,
         )
 
-    def bytes(self, x: torch.Tensor, positions=None, cache: list[KVCache] | None = None) -> torch.Tensor:
-        """Byte states [B, T, D] from embeddings x [B, T, D]; they do not depend on the patching."""
-        return self.transformer(x, positions, cache)
+    def forward(self, ids: torch.Tensor, positions=None, cache: EncoderCache | None = None) -> torch.Tensor:
+        """Byte states [B, T, D] of ids [B, T]; they do not depend on the patching.
+
+        With ``cache`` the ids continue the cached rows (their n-grams reach into the cached ids); the states
+        are not added to the open patch (:meth:`EncoderCache.extend_open` does that).
+        """
+        if cache is None:
+            return self.transformer(self.embed(ids), positions)
+        T = ids.shape[1]
+        window = torch.cat([cache.recent, ids.long()], dim=1)  # [B, reach - 1 + T]
+        cache.recent = window[:, window.shape[1] - cache.recent.shape[1] :]
+        return self.transformer(self.embed(window)[:, -T:], positions, cache.kv)
 
     def patches(self, h: torch.Tensor, patch_ids: torch.Tensor, num_patches: int) -> torch.Tensor:
         """Patch states [B, P, D * k_rep] from byte states h [B, T, D]."""
         B, D = h.shape[0], h.shape[-1]
         pooled = ops.patch_pool(h, patch_ids, num_patches, "max")
         queries = self.patch_embedding_projection(pooled).reshape(B, num_patches * self.k_rep, D)
-        # the released models' quirk: the attention's own residual plus this one (see the module docstring)
-        out = queries + self.cross_attn_layers[-1](
-            queries, h, ops.patch_query_attention, patch_ids, self.k_rep
-        )
+        attend = lambda q, k, v: ops.patch_query_attention(q, k, v, patch_ids, self.k_rep)
+        out = self.cross_attn_layers[-1](queries, h, attend)
         return out.reshape(B, num_patches, D * self.k_rep)
+
+    def close_patches(self, cache: EncoderCache, rows: list[bool]) -> torch.Tensor:
+        """Patch states [B, 1, D * k_rep] of every row's open patch; the patches of ``rows`` (True) close."""
+        width = max(cache.open_lens)
+        outside = torch.arange(width, device=cache.open.device) >= cache.open_len.unsqueeze(1)  # [B, width]
+        patch = self.patches(cache.open[:, :width], outside.long(), 1)  # outside bytes: id 1, no patch
+        cache.clear_open(rows)
+        return patch
 
 
 class GlobalTransformer(nn.Module):
@@ -128,12 +217,35 @@ class GlobalTransformer(nn.Module):
         )
         self.transformer = Transformer(config, backend)
 
-    def forward(
-        self, patches: torch.Tensor, positions=None, cache: list[KVCache] | None = None
-    ) -> torch.Tensor:
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        return self.transformer.new_cache(batch_size, max_len)
+
+    def forward(self, patches: torch.Tensor, positions=None, cache: KVCache | None = None) -> torch.Tensor:
         """patches [B, P, D_enc * k] -> latent states [B, P, D_global]."""
         x = patches if self.token_embedding_projection is None else self.token_embedding_projection(patches)
         return self.transformer(x, positions, cache)
+
+
+class DecoderCache:
+    """What the local decoder keeps while decoding a batch: its KV cache and, for every cross-attention
+    layer, the keys/values of each row's latest closed patch."""
+
+    def __init__(self, decoder: LocalDecoder, batch_size: int, max_len: int):
+        self.kv = decoder.transformer.new_cache(batch_size, max_len)
+        self.patch: list[tuple[torch.Tensor, torch.Tensor]] = []  # per cross layer: [B, H, k_rep, Dh] each
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.kv.select(rows)
+        self.patch = [(k[rows], v[rows]) for k, v in self.patch]
+
+    def add_rows(self, others: list[DecoderCache]) -> None:
+        """Append the rows of other caches of the same decoder after this one's."""
+        caches = [self, *others]
+        self.patch = [
+            (torch.cat([c.patch[i][0] for c in caches]), torch.cat([c.patch[i][1] for c in caches]))
+            for i in range(len(self.patch))
+        ]
+        self.kv.add_rows([c.kv for c in others])
 
 
 class LocalDecoder(nn.Module):
@@ -149,23 +261,47 @@ class LocalDecoder(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = nn.Linear(config.dim, vocab_size, bias=False)
 
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> DecoderCache:
+        return DecoderCache(self, batch_size, self.config.max_seq_len if max_len is None else max_len)
+
     def patch_rows(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent patch states [B, P, D_global] -> the key/value rows [B, P * k_rep, D] bytes attend to."""
         B, P, _ = latent.shape
         return self.patch_embedding_projection(latent).reshape(B, P * self.k_rep, self.config.dim)
 
-    def forward(self, h, rows, patch_ids, positions=None, cache: list[KVCache] | None = None) -> torch.Tensor:
-        """h [B, T, D] byte states, rows [B, P*k, D], patch_ids [B, T] (row group per byte) -> logits."""
+    def read_patch(self, cache: DecoderCache, latent: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Make latent [B, 1, D_global] the patch the cached rows read next: all rows, or those where
+        ``rows`` [B] is True (the others keep theirs)."""
+        memory = self.patch_rows(latent)  # [B, k_rep, D]
+        new = [layer.keys_values(memory) for layer in self.cross_attn_layers]
+        if rows is not None and cache.patch:
+            keep = rows[:, None, None, None]
+            new = [
+                (torch.where(keep, k, old_k), torch.where(keep, v, old_v))
+                for (k, v), (old_k, old_v) in zip(new, cache.patch)
+            ]
+        cache.patch = new
+
+    def forward(self, h, rows=None, patch_ids=None, positions=None, cache: DecoderCache | None = None):
+        """h [B, T, D] byte states, rows [B, P*k, D], patch_ids [B, T] (row group per byte) -> logits.
+
+        With ``cache`` the bytes continue the cached rows; without ``rows`` they all read the cached patch
+        (:meth:`read_patch`), as decoding does one byte at a time.
+        """
+        if rows is None and cache is None:
+            raise ValueError("the decoder needs patch rows, or a cache holding the patch each row reads")
         stack = self.transformer
-        if positions is None:
-            start = int(cache[0].pos[-1]) + 1 if cache and len(cache[0]) else 0
-            positions = torch.arange(start, start + h.shape[1], device=h.device)
-        cos, sin = stack.rotary(positions)
-        for i, layer in enumerate(stack.layers):
-            if i < len(self.cross_attn_layers):
-                # quirk of the released models: the attention's own residual plus this one
-                h = h + self.cross_attn_layers[i](h, rows, ops.byte_query_attention, patch_ids, self.k_rep)
-            h = layer(h, cos, sin, positions, cache[i] if cache is not None else None)
+        positions, rot, layer_caches = stack.begin(h, positions, cache.kv if cache is not None else None)
+        crosses = list(self.cross_attn_layers)
+        if rows is None:  # every byte reads its row's one cached patch
+            attend, patches = patch_ops.one_patch_attention, cache.patch
+        else:
+            attend = lambda q, k, v: ops.byte_query_attention(q, k, v, patch_ids, self.k_rep)
+            patches = [None] * len(crosses)
+        for i, (layer, layer_cache) in enumerate(zip(stack.layers, layer_caches)):
+            if i < len(crosses):
+                h = crosses[i](h, rows, attend, patches[i])
+            h = layer(h, rot, positions, layer_cache)
         return self.lm_head(self.norm(h)).float()
 
 
@@ -203,8 +339,6 @@ class BLT(nn.Module):
         init_weights(self)
         self.patcher = None
         if config.entropy_model is not None:
-            from blt.patcher import EntropyModel
-
             self.patcher = EntropyModel(config.entropy_model, backend)
             self.patcher.requires_grad_(False)
             self.patcher.eval()
@@ -271,21 +405,14 @@ class BLT(nn.Module):
         position T would start a patch. Every scheme decides position t from positions before t, so this is
         known from ids alone; it tells the decoder whether the last byte closes its patch.
         """
-        from blt.patcher.schemes import ENTROPY_SCHEMES, lengths_from_starts, patch_starts, split_long_patches
-
         patching = self.config.patching
         if self.patcher is None and patching.scheme in ENTROPY_SCHEMES:
             raise ConfigError(
                 f"patching scheme {patching.scheme!r} needs an entropy model: set config.entropy_model "
                 "(bundled patcher) or pass patch_lengths"
             )
-        placeholder = ids.new_zeros(ids.shape[0], 1)  # stands in for position T, which no rule reads
-        entropies = None
-        if self.patcher is not None:
-            entropies = torch.cat([self.patcher.entropies(ids), placeholder.float()], dim=1)
-        starts = patch_starts(torch.cat([ids, placeholder], dim=1), patching, entropies)  # [B, T + 1]
-        if patching.max_patch_length is not None:
-            starts = split_long_patches(starts, patching.max_patch_length)
+        entropies = self.patcher.entropies(ids) if self.patcher is not None else None
+        starts = decide_starts(ids, patching, entropies)  # [B, T + 1]
         return lengths_from_starts(starts[:, :-1]), starts[:, -1]
 
     # ------------------------------------------------------------------------------------------------------
@@ -304,7 +431,7 @@ class BLT(nn.Module):
         lengths = self.check_patch_lengths(patch_lengths, ids)
         P = lengths.shape[1]
 
-        h = self.encoder.bytes(self.encoder.embed(ids))  # [B, T, De]
+        h = self.encoder(ids)  # [B, T, De]
         patches = self.encoder.patches(h, patch_ops.patch_ids_from_lengths(lengths, T), P)  # [B, P, De*k]
         latent = self.global_transformer(patches)  # [B, P, Dg]
         logits = self.decoder(h, self.decoder.patch_rows(latent), decoder_patch_ids(lengths, T, next_starts))
@@ -325,8 +452,6 @@ class BLT(nn.Module):
         use_cache: bool = True,
     ):
         """Sample a continuation of ``prompt``; see :func:`blt.generate.generate`."""
-        from blt.generate import generate
-
         return generate(self, prompt, max_new_bytes, temperature, top_k, top_p, stop, seed, use_cache)
 
     def save_pretrained(self, directory: str | Path, format: str = "blt") -> Path:
@@ -338,19 +463,3 @@ class BLT(nn.Module):
         """Our ``blt`` checkpoint, a transformers BLT directory or a blt run directory, in eval mode."""
         return load_pretrained(path, KIND, lambda config, _: cls(config, backend))
 
-
-def decoder_patch_ids(
-    lengths: torch.Tensor, seq_len: int, next_starts: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Latent patch each byte's decoder reads [B, T]: the last patch closed at or before it.
-
-    Byte t reads patch ``pid(t + 1) - 1``: its own patch when the next byte starts a new one, else the one
-    before (a byte in the first patch reads patch 0). For the last byte, ``next_starts`` [B] says whether
-    position T starts a patch (unknown: no). With a BOS-only first patch this is transformers'
-    ``patch_ids(patch_lengths[:, 1:])``, its trailing empty patch marking ``next_starts``.
-    """
-    pid = patch_ops.patch_ids_from_lengths(lengths, seq_len)  # [B, T]
-    last = pid[:, -1:] - 1
-    if next_starts is not None:
-        last = last + next_starts.long().unsqueeze(-1)
-    return torch.cat([pid[:, 1:] - 1, last], dim=1).clamp(min=0)

@@ -7,7 +7,10 @@ These are the definitions: ``blt.kernels`` holds faster versions with the same s
 - patch ids: which patch every byte belongs to, from per-row patch lengths (right-padded with 0);
 - patch pooling: max (or mean) of the byte states of each patch;
 - patch cross-attention in both directions: ``k_rep`` query rows per patch attend only to the patch's bytes
-  (encoder), and every byte attends only to the ``k_rep`` rows of one patch (decoder).
+  (encoder), and every byte attends only to the ``k_rep`` rows of one patch (decoder), which reads the last
+  patch closed at or before it;
+- next-byte entropy from logits, and the entropy threshold rule for patch starts (the patching schemes of
+  :mod:`blt.patcher.schemes` build on these rules).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from blt.config import ConfigError
 
 # Hash bases of the released BLT models, one per hash function (cycled when there are more functions).
 HASH_PRIMES = (
@@ -97,6 +102,23 @@ def patch_ids_from_lengths(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
     return torch.minimum(ids, last.unsqueeze(-1))
 
 
+def decoder_patch_ids(
+    lengths: torch.Tensor, seq_len: int, next_starts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Latent patch each byte's decoder reads [B, T]: the last patch closed at or before it.
+
+    Byte t reads patch ``pid(t + 1) - 1``: its own patch when the next byte starts a new one, else the one
+    before (a byte in the first patch reads patch 0). For the last byte, ``next_starts`` [B] says whether
+    position T starts a patch (unknown: no). With a BOS-only first patch this is transformers'
+    ``patch_ids(patch_lengths[:, 1:])``, its trailing empty patch marking ``next_starts``.
+    """
+    pid = patch_ids_from_lengths(lengths, seq_len)  # [B, T]
+    last = pid[:, -1:] - 1
+    if next_starts is not None:
+        last = last + next_starts.long().unsqueeze(-1)
+    return torch.cat([pid[:, 1:] - 1, last], dim=1).clamp(min=0)
+
+
 def patch_pool(h: torch.Tensor, patch_ids: torch.Tensor, num_patches: int, mode: str = "max") -> torch.Tensor:
     """Pool byte states into patches: h [B, T, D], patch_ids [B, T] -> [B, num_patches, D].
 
@@ -135,6 +157,12 @@ def patch_query_attention(
     return _masked_attention(q, k, v, mask.unsqueeze(1))
 
 
+def one_patch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Both patch attentions when every query and every key belong to one patch: plain softmax attention
+    (in float32, as they compute). q [B, H, Tq, Dh]; k, v [B, H, Tk, Dh] -> [B, H, Tq, Dh]."""
+    return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+
+
 def byte_query_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patch_ids: torch.Tensor, k_rep: int
 ) -> torch.Tensor:
@@ -146,3 +174,41 @@ def byte_query_attention(
     rows = torch.arange(k.shape[2], device=k.device) // k_rep  # [P*k]
     mask = patch_ids[:, :, None] == rows[None, None, :]  # [B, T, P*k]
     return _masked_attention(q, k, v, mask.unsqueeze(1))
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of the softmax over the last dim: [..., V] -> [...] (float32).
+
+    Models call ``blt.kernels.entropy_from_logits``, the same value computed chunk by chunk (Triton on CUDA)
+    so that no [B, T, V] probability tensor is ever kept.
+    """
+    # clamping keeps 0 * log 0 = 0 for logits of -inf (masked ids) instead of 0 * -inf = NaN
+    logp = F.log_softmax(logits.float(), dim=-1).clamp_min(torch.finfo(torch.float32).min)
+    # exp(logp) * logp is formed and reduced in one expression so no probability tensor outlives it
+    return -(logp.exp() * logp).sum(-1)
+
+
+def check_threshold(value: float, name: str, allow_negative: bool) -> None:
+    if math.isnan(value):
+        raise ConfigError(f"{name} must be a number, got NaN")
+    if value < 0 and not allow_negative:
+        raise ConfigError(
+            f"{name} must be >= 0 (entropies are never negative; use scheme 'byte' for one byte per patch), got {value}"
+        )
+
+
+def forced_starts(shape: torch.Size, device: torch.device, offset: int | torch.Tensor = 0) -> torch.Tensor:
+    """Starts every scheme shares: absolute positions 0 (BOS) and 1 (first byte). [B, T] bool.
+
+    ``offset``: the absolute position of column 0 (an int, or [B, 1] per row).
+    """
+    pos = torch.arange(shape[1], device=device) + offset
+    return (pos < 2).expand(shape).clone()
+
+
+def entropy_starts(entropies: torch.Tensor, threshold: float, offset: int | torch.Tensor = 0) -> torch.Tensor:
+    """Global threshold: a patch starts at t when H(t-1) > threshold (and at positions 0 and 1)."""
+    check_threshold(threshold, "threshold", allow_negative=False)
+    starts = forced_starts(entropies.shape, entropies.device, offset)
+    starts[:, 1:] |= entropies[:, :-1] > threshold
+    return starts

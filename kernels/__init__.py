@@ -1,9 +1,9 @@
 """Fused byte<->patch operations of the BLT: Triton kernels on CUDA, linear-cost PyTorch paths elsewhere.
 
-Each function has the signature and semantics of its plain reference (:mod:`blt.patch_ops`,
-:mod:`blt.patcher`) plus a keyword ``impl`` (``"auto"``, ``"torch"``, ``"triton"``, ``"reference"``); without
-it the environment variable ``BLT_KERNELS`` decides (see :mod:`blt.kernels.dispatch`). Triton is imported
-only when a Triton kernel is about to run.
+Each function has the signature and semantics of its plain reference in :mod:`blt.patch_ops` plus a keyword
+``impl`` (``"auto"``, ``"torch"``, ``"triton"``, ``"reference"``); without it the environment variable
+``BLT_KERNELS`` decides (see :mod:`blt.kernels.dispatch`). Triton is imported only when a Triton kernel is
+about to run.
 """
 
 from blt.kernels.cross_attention import byte_query_attention, patch_query_attention

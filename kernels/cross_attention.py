@@ -10,7 +10,9 @@ matrix per head, quadratic in the sequence length. Each query here only meets th
   and takes an ordinary softmax over those k_rep scores.
 
 Both compute in float32 and return the input dtype, like the reference. A patch without bytes gives 0, and a
-byte whose patch id is out of range contributes nothing (encoder) or gives 0 (decoder).
+byte whose patch id is out of range contributes nothing (encoder) or gives 0 (decoder). With a single patch
+(decoding: the open patch being closed, the latest patch a new byte reads) either direction is one masked
+SDPA call, which is what a decoding step runs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from blt import patch_ops
 from blt.kernels.dispatch import choose
@@ -40,6 +43,10 @@ def _patch_query_torch(q, k, v, patch_ids, k_rep):
     B, H, PK, Dh = q.shape
     T, P = k.shape[2], PK // k_rep
     valid = (patch_ids >= 0) & (patch_ids < P)
+    if P == 1:  # every query row sees every byte of the patch
+        qf, kf, vf = q.float(), k.float(), v.float()
+        out = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=valid[:, None, None, :])
+        return torch.where(valid.any(-1)[:, None, None, None], out, 0.0).to(q.dtype)  # no bytes: 0, not NaN
     seg = torch.where(valid, patch_ids.long(), P)[:, None, :].expand(B, H, T)  # [B, H, T], P = no patch
     qf, kf, vf = q.float(), k.float() / math.sqrt(Dh), v.float()
     qp = torch.cat([qf.view(B, H, P, k_rep, Dh), qf.new_zeros(B, H, 1, k_rep, Dh)], dim=2)  # scratch patch
@@ -56,6 +63,8 @@ def _byte_query_torch(q, k, v, patch_ids, k_rep):
     B, H, T, Dh = q.shape
     P = k.shape[2] // k_rep
     valid = (patch_ids >= 0) & (patch_ids < P)
+    if P == 1:  # every byte of the patch sees all its rows
+        return patch_ops.one_patch_attention(q, k, v) * valid[:, None, :, None]
     index = torch.where(valid, patch_ids.long(), 0)[:, None, :, None].expand(B, H, T, k_rep * Dh)
     kt = k.float().reshape(B, H, P, k_rep * Dh).gather(2, index).view(B, H, T, k_rep, Dh)
     vt = v.float().reshape(B, H, P, k_rep * Dh).gather(2, index).view(B, H, T, k_rep, Dh)

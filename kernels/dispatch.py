@@ -6,7 +6,7 @@ variable ``BLT_KERNELS`` at call time:
 - ``auto`` (default): the Triton kernel for CUDA tensors, the PyTorch path otherwise;
 - ``torch``: always the PyTorch path (what CPU users run);
 - ``triton``: always the Triton kernel (on the CPU only under ``TRITON_INTERPRET=1``, for testing);
-- ``reference``: the plain code of :mod:`blt.patch_ops` / :mod:`blt.patcher`, for debugging.
+- ``reference``: the plain code of :mod:`blt.patch_ops`, for debugging.
 
 A Triton kernel that cannot take an input (a dtype it has no kernel for) never fails silently: the call falls
 back to the PyTorch path with a warning issued once per operation and reason.

@@ -7,7 +7,8 @@ With ``x`` the logits shifted by their row maximum, ``Z = sum exp(x)`` and ``p =
 
 The PyTorch path evaluates this on chunks of rows, so the probabilities exist for one chunk at a time
 (the backward pass recomputes them from the logits, which exist anyway); the Triton kernel keeps one block of
-rows in registers. Logits of -inf (masked ids) have p = 0 and contribute nothing.
+rows in registers. Logits of -inf (masked ids) have p = 0 and contribute nothing. Logits that fit one chunk
+and need no gradient (a decoding step) take the reference's few ops instead, which already stay in a chunk.
 
 The boundary decision follows the released BLT patcher: position 0 (BOS) and position 1 start patches, and
 for t >= 2 a patch starts at t when H(t-1) > threshold.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from blt import patch_ops
 from blt.kernels.dispatch import choose
 
 CHUNK_ELEMENTS = 1 << 20  # logits per chunk in the PyTorch path: two float32 temporaries of 4 MB each
@@ -79,17 +81,17 @@ def _check(logits: torch.Tensor) -> None:
 
 def entropy_from_logits(logits: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:
     """Softmax entropy in nats: logits [..., V] -> float32 [...]. Same semantics as
-    :func:`blt.patcher.entropy_from_logits`; differentiable."""
+    :func:`blt.patch_ops.entropy_from_logits`; differentiable."""
     _check(logits)
     path = choose("entropy_from_logits", logits, impl, _too_big(logits))
     if path == "reference":
-        from blt.patcher import entropy_from_logits as reference
-
-        return reference(logits)
+        return patch_ops.entropy_from_logits(logits)
     if path == "triton":
         from blt.kernels.entropy_triton import triton_entropy
 
         return triton_entropy(logits, None)[0]
+    if logits.numel() <= CHUNK_ELEMENTS and not (torch.is_grad_enabled() and logits.requires_grad):
+        return patch_ops.entropy_from_logits(logits)
     return _Entropy.apply(logits)
 
 
@@ -98,22 +100,20 @@ def entropy_patch_starts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropies and patch starts in one pass: logits [B, T, V] -> (H [B, T] float32, starts [B, T] bool).
 
-    Same result as ``blt.patcher.schemes.entropy_starts(entropy_from_logits(logits), threshold)``:
+    Same result as ``blt.patch_ops.entropy_starts(entropy_from_logits(logits), threshold)``:
     ``starts[:, 0]`` and ``starts[:, 1]`` are True; ``starts[:, t] = H[:, t - 1] > threshold`` for t >= 2.
     """
-    from blt.patcher.schemes import check_threshold, entropy_starts, forced_starts
-
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, T, V], got shape {tuple(logits.shape)}")
     _check(logits)
     path = choose("entropy_patch_starts", logits, impl, _too_big(logits))
     if path != "triton":
         h = entropy_from_logits(logits, impl=path)
-        return h, entropy_starts(h, threshold)
-    check_threshold(threshold, "threshold", allow_negative=False)
+        return h, patch_ops.entropy_starts(h, threshold)
+    patch_ops.check_threshold(threshold, "threshold", allow_negative=False)
     from blt.kernels.entropy_triton import triton_entropy
 
     h, above = triton_entropy(logits, float(threshold))
-    starts = forced_starts(above.shape, above.device)
+    starts = patch_ops.forced_starts(above.shape, above.device)
     starts[:, 1:] |= above[:, :-1]
     return h, starts

@@ -9,10 +9,15 @@ ending at t extends the (n-1)-gram's hash by one older id,
 so all n-gram sizes of a function cost one multiply-add per size and byte, and each table's rows are added
 into the output as soon as they are known. The backward pass recomputes the hashes (cheap integer work) and
 accumulates the output gradient into the table rows, so only ``ids`` is saved.
+
+A short input without gradients (a decoding step: the newest id and the ids its n-grams reach back to) is
+bound by the number of ops, not by memory: it gets every table's hash as one product of its id windows with
+the powers of the primes, and one gather for all tables. Both ways give bit-identical embeddings.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -20,7 +25,9 @@ import torch.nn.functional as F
 
 from blt import patch_ops
 from blt.kernels.dispatch import choose
-from blt.patch_ops import HASH_PRIMES
+from blt.patch_ops import HASH_PRIMES, wrap_int64
+
+SHORT_POSITIONS = 64  # inputs of at most this many positions (and no gradient) take the short path
 
 
 def table_rows(
@@ -39,6 +46,32 @@ def table_rows(
             for i, size in enumerate(sizes):
                 if size == n:
                     yield torch.remainder(h, hash_vocab) + (f * len(sizes) + i) * hash_vocab
+
+
+@functools.cache
+def _coefficients(ngram_sizes: tuple[int, ...], n_functions: int, hash_vocab: int, device: torch.device):
+    """Powers [N, n_tables] such that window @ powers is every table's hash, N = the longest n-gram, where
+    window column c holds ids[t - N + 1 + c]; and each table's first row in the concatenated table."""
+    N = max(ngram_sizes)
+    powers = [
+        [wrap_int64(prime ** (c - N + n)) if c >= N - n else 0 for c in range(N)]
+        for prime in (HASH_PRIMES[f % len(HASH_PRIMES)] for f in range(n_functions))
+        for n in ngram_sizes
+    ]
+    offsets = torch.arange(len(powers), device=device) * hash_vocab
+    return torch.tensor(powers, dtype=torch.long, device=device).T.contiguous(), offsets
+
+
+def _short_embedding(ids, byte_weight, hash_weight, ngram_sizes, n_functions, hash_vocab) -> torch.Tensor:
+    """The forward of a short input: products [B, T, N, n_tables] and one [B, T, n_tables, D] gather."""
+    powers, offsets = _coefficients(ngram_sizes, n_functions, hash_vocab, ids.device)
+    windows = F.pad(ids.long(), (powers.shape[0] - 1, 0)).unfold(1, powers.shape[0], 1)  # [B, T, N]
+    hashes = (windows.unsqueeze(-1) * powers).sum(2)  # [B, T, n_tables], wrapping like the reference
+    rows = F.embedding(torch.remainder(hashes, hash_vocab) + offsets, hash_weight)  # [B, T, n_tables, D]
+    x = F.embedding(ids, byte_weight).to(torch.promote_types(byte_weight.dtype, hash_weight.dtype))
+    for i in range(rows.shape[2]):  # table by table, in the reference's order of additions
+        x = x + rows[:, :, i]
+    return x
 
 
 class _HashEmbedding(torch.autograd.Function):
@@ -77,10 +110,12 @@ def check_hash_inputs(ids, byte_weight, hash_weight, ngram_sizes, n_functions, h
             f"ids ({ids.device}), byte_weight ({byte_weight.device}) and hash_weight ({hash_weight.device}) "
             "must be on one device"
         )
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= byte_weight.shape[0]):
-        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-        raise ValueError(f"id {bad} is outside the byte embedding's 0..{byte_weight.shape[0] - 1}")
-    if any(n < 1 for n in ngram_sizes) or n_functions < 0 or hash_vocab < 1:
+    if ids.numel():
+        low, high = torch.stack(torch.aminmax(ids)).tolist()  # one sync
+        if low < 0 or high >= byte_weight.shape[0]:
+            bad = low if low < 0 else high
+            raise ValueError(f"id {bad} is outside the byte embedding's 0..{byte_weight.shape[0] - 1}")
+    if min(ngram_sizes, default=1) < 1 or n_functions < 0 or hash_vocab < 1:
         raise ValueError(
             f"bad hash spec: ngram_sizes={ngram_sizes}, n_functions={n_functions}, hash_vocab={hash_vocab}"
         )
@@ -116,4 +151,7 @@ def hash_embedding(
         from blt.kernels.hash_embedding_triton import triton_hash_embedding
 
         return triton_hash_embedding(ids, byte_weight, hash_weight, *spec)
+    needs_grad = torch.is_grad_enabled() and (byte_weight.requires_grad or hash_weight.requires_grad)
+    if ids.numel() <= SHORT_POSITIONS and spec[0] and spec[1] and not needs_grad:
+        return _short_embedding(ids, byte_weight, hash_weight, *spec)
     return _HashEmbedding.apply(ids, byte_weight, hash_weight, *spec)

@@ -2,7 +2,7 @@
 
 from .calibrate import Calibration, calibrate_threshold
 from .entropy_model import EntropyModel, entropy_from_logits
-from .schemes import SCHEMES, lengths_from_starts, patch_lengths, patch_starts
+from .schemes import SCHEMES, decide_starts, lengths_from_starts, patch_lengths
 from .streaming import StreamingPatcher
 
 __all__ = [
@@ -11,8 +11,8 @@ __all__ = [
     "EntropyModel",
     "StreamingPatcher",
     "calibrate_threshold",
+    "decide_starts",
     "entropy_from_logits",
     "lengths_from_starts",
     "patch_lengths",
-    "patch_starts",
 ]

@@ -18,7 +18,7 @@ import torch
 
 from blt.config import BLTConfig, ConfigError, PatchingConfig
 
-from .schemes import ENTROPY_SCHEMES, patch_starts, split_long_patches
+from .schemes import ENTROPY_SCHEMES, decide_starts
 
 ITERATIONS = 60
 
@@ -53,9 +53,7 @@ def pad_documents(docs: list[torch.Tensor], dtype: torch.dtype) -> tuple[torch.T
 
 def mean_patch_size(ids: torch.Tensor, entropies: torch.Tensor, valid: torch.Tensor, patching: PatchingConfig) -> float:
     """Positions per patch over the valid part of right-padded rows (rules are causal: padding never counts)."""
-    starts = patch_starts(ids, patching, entropies)
-    if patching.max_patch_length is not None:
-        starts = split_long_patches(starts, patching.max_patch_length)
+    starts = decide_starts(ids, patching, entropies)[:, :-1]
     return valid.sum().item() / (starts & valid).sum().item()
 
 

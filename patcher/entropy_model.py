@@ -12,32 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from blt import kernels
 from blt.checkpoint import load_pretrained, save_pretrained
 from blt.config import EntropyModelConfig, check
 from blt.lm import CausalLM, in_eval_mode
+from blt.patch_ops import entropy_from_logits  # noqa: F401  (its home used to be here)
 from blt.tokenizer import VOCAB_SIZE, check_id_batch
 
 KIND = "blt-entropy"
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of the softmax over the last dim: [..., V] -> [...] (float32).
-
-    The plain reference; models call :func:`fused_entropy`, the same value from ``blt.kernels`` computed
-    chunk by chunk (Triton on CUDA) so no [B, T, 260] probability tensor is ever kept.
-    """
-    # clamping keeps 0 * log 0 = 0 for logits of -inf (masked ids) instead of 0 * -inf = NaN
-    logp = F.log_softmax(logits.float(), dim=-1).clamp_min(torch.finfo(torch.float32).min)
-    # exp(logp) * logp is formed and reduced in one expression so no probability tensor outlives it
-    return -(logp.exp() * logp).sum(-1)
-
-
 def fused_entropy(logits: torch.Tensor) -> torch.Tensor:
-    from blt.kernels import entropy_from_logits as kernel  # blt.kernels uses this module as its reference
-
-    return kernel(logits)
+    """:func:`entropy_from_logits` (the plain reference) computed chunk by chunk, Triton on CUDA, so that no
+    [B, T, 260] probability tensor is ever kept."""
+    return kernels.entropy_from_logits(logits)
 
 
 def segment_positions(segments: torch.Tensor) -> torch.Tensor:
@@ -84,7 +73,7 @@ class EntropyModel(CausalLM):
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         if ids.shape[1] <= chunk_size:
             return fused_entropy(self(ids))
-        cache = self.new_cache()
+        cache = self.new_cache(ids.shape[0], ids.shape[1])
         return torch.cat([fused_entropy(self(c, cache=cache)) for c in ids.split(chunk_size, dim=1)], 1)
 
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -6,8 +6,11 @@ import pytest
 import torch
 from tiny_blt import random_ids, tiny_blt, tiny_config
 
-from blt.generate import HashStep, IncrementalDecoder, sample
+from blt import layers
+from blt.generate import IncrementalDecoder, sample
 from blt.model import BLT
+from blt.patcher import StreamingPatcher, lengths_from_starts
+from blt.patcher.schemes import decide_starts
 from blt.tokenizer import decode, encode
 
 
@@ -51,6 +54,31 @@ def test_batched_steps_equal_forward(patching):
     for j, b in enumerate(rows):  # one global cache entry per closed patch of the bytes fed so far
         lengths, next_starts = model.compute_patches(ids[b : b + 1, : state.lengths[j]])
         assert state.patches[j] == int(lengths.gt(0).sum()) - 1 + int(next_starts[0]) < state.lengths[j]
+
+
+@pytest.mark.parametrize(
+    "patching",
+    [{}, {"max_patch_length": 2}, {"scheme": "combined", "relative_threshold": -0.05}, {"scheme": "space"}],
+    ids=["entropy", "entropy-max2", "combined", "space"],
+)
+def test_forward_streaming_and_decoding_share_one_decision(patching):
+    """BLT.compute_patches, the streaming patcher and decoding all patch as decide_starts does."""
+    model = tiny_blt(seed=6, **patching)
+    ids = random_ids(2, 30, seed=9)
+    starts = decide_starts(ids, model.config.patching, model.patcher.entropies(ids))  # [2, 31]
+    lengths, next_starts = model.compute_patches(ids)
+    assert torch.equal(lengths, lengths_from_starts(starts[:, :-1])) and torch.equal(
+        next_starts, starts[:, -1]
+    )
+    streaming = StreamingPatcher(model.config.patching, model.patcher, batch_size=2)
+    state = IncrementalDecoder(model, [ids[0, :1], ids[1, :1]])
+    for t in range(30):
+        assert torch.equal(streaming.push(ids[:, t]), starts[:, t])
+        assert torch.equal(streaming.next_starts(), starts[:, t + 1])
+        if t:
+            state.push(ids[:, t].tolist())
+        assert torch.equal(state.patcher.next_starts(), starts[:, t + 1])
+        assert state.patches == starts[:, 1 : t + 2].sum(1).tolist()  # closed patches: starts after BOS
 
 
 def test_push_checks_its_input(model):
@@ -151,11 +179,11 @@ def test_stop_may_be_text(model):
     assert model.generate("Hello", 40, temperature=0.0, stop="") == full
 
 
-def test_steps_with_gqa_two_hash_functions_windowed_global_unfused(monkeypatch):
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+def test_steps_with_gqa_two_hash_functions_windowed_global(monkeypatch, fuse):
     """The other code paths of a step: grouped-query heads, several hash functions, a ring-buffer global
-    cache that wraps, no entropy model, and stacks too big to fuse (here: a fuse limit of 0)."""
-    from blt import generate
-
+    cache that wraps (rows close patches at different steps), no entropy model, and stacks too big to fuse
+    (here: a fuse limit of 0)."""
     config = tiny_config(entropy=False, scheme="static", patch_size=2)
     config.encoder.hash_functions = 2
     config.encoder.n_heads = config.decoder.n_heads = 4
@@ -165,26 +193,36 @@ def test_steps_with_gqa_two_hash_functions_windowed_global_unfused(monkeypatch):
     model = BLT(config).eval()
     ids = random_ids(2, 40, seed=2)
     full = model(ids).logits
-    for limit in (generate.FUSE_LIMIT, 0):
-        monkeypatch.setattr(generate, "FUSE_LIMIT", limit)
-        state = IncrementalDecoder(model, [ids[0, :3], ids[1, :10]])
-        assert (state.encoder.fused is None) == (limit == 0)
-        for step in range(25):
-            for b, n in enumerate((3, 10)):
-                torch.testing.assert_close(state.logits[b], full[b, n + step - 1], atol=1e-4, rtol=0)
-            state.push([int(ids[0, 3 + step]), int(ids[1, 10 + step])])
+    if not fuse:
+        monkeypatch.setattr(layers, "FUSE_LIMIT", 0)
+    state = IncrementalDecoder(model, [ids[0, :3], ids[1, :10]])
+    assert (state.encoder.kv.layers[0].qkv is not None) == fuse
+    assert state.global_.ring and state.global_.size == 4
+    for step in range(25):
+        for b, n in enumerate((3, 10)):
+            torch.testing.assert_close(state.logits[b], full[b, n + step - 1], atol=1e-4, rtol=0)
+        state.push([int(ids[0, 3 + step]), int(ids[1, 10 + step])])
+    assert min(state.patches) > 4  # past the window of the global ring
 
 
-def test_hash_step_equals_encoder_embedding():
-    config = tiny_config(entropy=False)
-    config.encoder.hash_functions = 3
-    torch.manual_seed(1)
-    model = BLT(config).eval()
-    ids = random_ids(2, 12, seed=4)
-    step = HashStep(model.encoder)
-    for t in range(12):  # windows left-padded with id 0, as the embedding pads the sequence start
-        window = torch.nn.functional.pad(ids[:, : t + 1], (step.reach, 0))[:, -step.reach :]
-        torch.testing.assert_close(step(window), model.encoder.embed(ids)[:, t : t + 1], atol=1e-6, rtol=0)
+def test_uneven_prompts_equal_their_own_decoding():
+    """Rows prefilled one by one and joined decode as they do alone, also after others leave."""
+    model = tiny_blt(seed=5, max_patch_length=3)
+    ids = random_ids(3, 48, seed=8)
+    lens = [2, 17, 9]
+    joined = IncrementalDecoder(model, [ids[b, :n] for b, n in enumerate(lens)])
+    alone = [IncrementalDecoder(model, ids[b, :n]) for b, n in enumerate(lens)]
+    rows = [0, 1, 2]
+    for step in range(20):
+        if step == 7:
+            joined.select([2, 0])
+            rows = [2, 0]
+        for j, b in enumerate(rows):
+            torch.testing.assert_close(joined.logits[j], alone[b].logits[0], atol=1e-5, rtol=0)
+        joined.push([int(ids[b, lens[b] + step]) for b in rows])
+        for b in rows:
+            alone[b].push([int(ids[b, lens[b] + step])])
+    assert joined.patches == [alone[b].patches[0] for b in rows]
 
 
 def test_batch_rows_stop_at_different_steps(model):

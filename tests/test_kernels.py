@@ -18,7 +18,7 @@ from torch.utils._pytree import tree_leaves
 from blt import kernels, patch_ops
 from blt.config import ConfigError, EntropyModelConfig
 from blt.kernels import entropy as entropy_module
-from blt.kernels.hash_embedding import table_rows
+from blt.kernels.hash_embedding import SHORT_POSITIONS, table_rows
 from blt.model import BLT
 from blt.patcher import entropy_from_logits
 from blt.patcher.schemes import entropy_starts
@@ -63,6 +63,19 @@ def test_hash_embedding_forward_backward(sizes, n_functions):
     assert_same(out, ref)
     weights = (bw, hw) if n_functions * len(sizes) else (bw,)
     assert_same(grads(out, weights), grads(ref, weights))
+
+
+@pytest.mark.parametrize("sizes,n_functions", [([3, 4, 5, 6, 7, 8], 1), ([5, 2, 5], 2), ([2, 3], 13)])
+@pytest.mark.parametrize("B,T", [(1, 8), (3, 5), (2, 32)])
+def test_hash_embedding_of_short_inputs_is_bit_exact(sizes, n_functions, B, T):
+    """Decoding steps embed a few ids without gradients: one product per table and one gather, the
+    reference's sums exactly (integers wrap alike; rows are added table by table in its order)."""
+    ids = torch.randint(0, 260, (B, T), generator=torch.Generator().manual_seed(T))
+    bw, hw = torch.randn(260, 16), torch.randn(n_functions * len(sizes) * 31, 16)
+    with torch.no_grad():
+        out = kernels.hash_embedding(ids, bw, hw, sizes, n_functions, 31)
+    assert B * T <= SHORT_POSITIONS
+    assert torch.equal(out, patch_ops.hash_embedding(ids, bw, hw, sizes, n_functions, 31))
 
 
 def test_hash_embedding_bad_inputs():
@@ -152,6 +165,27 @@ def test_attention_bad_inputs():
 
 # ----------------------------------------------------------------------------------------------------------
 # pooling and entropy
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_one_patch_operations_equal_the_references(grad):
+    """Decoding pools and cross-attends one patch per row: a masked max and single SDPA calls; row 1 of
+    the encoder side has no byte in the patch (id 1 is outside 0..P-1) and gives 0."""
+    patch_ids = torch.tensor([[0, 0, 0, 1, 1], [1, 1, 1, 1, 1]])
+    h = leaf(2, 5, 6, seed=1).requires_grad_(grad)
+    q, k, v = (leaf(2, 2, s, 4, seed=i).requires_grad_(grad) for i, s in ((2, 3), (3, 5), (4, 5)))
+    pooled = kernels.patch_pool(h, patch_ids, 1, "max")
+    assert_same(pooled, patch_ops.patch_pool(h, patch_ids, 1, "max"))
+    assert not pooled[1].any()
+    out = kernels.patch_query_attention(q, k, v, patch_ids, 3)
+    assert_same(out, patch_ops.patch_query_attention(q, k, v, patch_ids, 3))
+    assert not out[1].any()
+    kv = leaf(2, 2, 3, 4, seed=5).requires_grad_(grad)
+    byte_ids = torch.tensor([[0, 0, 0, 0, 0], [0, 1, 0, -1, 0]])
+    out = kernels.byte_query_attention(k, kv, kv, byte_ids, 3)
+    assert_same(out, patch_ops.byte_query_attention(k, kv, kv, byte_ids, 3))
+    if grad:
+        assert_same(grads(out, (k, kv)), grads(patch_ops.byte_query_attention(k, kv, kv, byte_ids, 3), (k, kv)))
 
 
 @pytest.mark.parametrize("mode", ["max", "mean"])

@@ -20,7 +20,7 @@ from blt.patcher import (
     patch_lengths,
 )
 from blt.patcher.calibrate import global_share, patch_size_for_global_share
-from blt.patcher.schemes import SCHEMES, entropy_starts, relative_starts, spacelike
+from blt.patcher.schemes import SCHEMES, decide_starts, entropy_starts, relative_starts, spacelike
 from blt.tokenizer import encode
 
 
@@ -104,6 +104,37 @@ def test_lengths_sum_to_T_and_follow_the_rules(scheme, batch, T, patch_size, max
         if max_len:
             assert max(nonzero) <= max_len
         assert lengths_to_starts(lens, T) == reference_starts(row, ent, patching)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    scheme=st.sampled_from(SCHEMES),
+    T=st.integers(1, 30),
+    patch_size=st.integers(1, 6),
+    max_len=st.one_of(st.none(), st.integers(1, 5)),
+    threshold=st.floats(0, 3),
+    rel=st.floats(-1, 1),
+    seed=st.integers(0, 2**16),
+)
+def test_decide_starts_covers_the_next_position_and_tail_windows(scheme, T, patch_size, max_len, threshold, rel, seed):
+    """decide_starts gives the starts of all T positions and of position T, whatever the byte there; a prefix
+    decides like the whole; and a two-column tail window at its offset, told the open patch's length,
+    decides the next columns like the whole (the streaming patcher's way)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 260, (2, T + 1), generator=g)
+    entropies = torch.rand(2, T + 1, generator=g) * 3
+    patching = PatchingConfig(scheme, threshold, rel, patch_size, max_len)
+    whole = decide_starts(ids, patching, entropies)  # [2, T + 2]
+    starts = decide_starts(ids[:, :T], patching, entropies[:, :T])  # [2, T + 1]
+    assert starts.tolist() == whole[:, : T + 1].tolist()
+    for row, ent, decided in zip(ids.tolist(), entropies.tolist(), whole.tolist()):
+        assert decided[: T + 1] == reference_starts(row, ent, patching)
+    for t in range(2, T + 1):
+        open_length = torch.tensor([t - max(i for i in range(t) if whole[b, i]) for b in range(2)])
+        tail = decide_starts(
+            ids[:, t - 2 : t + 1], patching, entropies[:, t - 2 : t + 1], t - 2, context=2, open_length=open_length
+        )
+        assert tail.tolist() == whole[:, t : t + 2].tolist()
 
 
 def test_hand_computed_entropy_boundaries():
@@ -363,7 +394,8 @@ def test_streaming_kv_cache_is_bounded_and_rows_can_leave():
     streaming = StreamingPatcher(patching, model, batch_size=3)
     for t in range(20):
         streaming.push(ids[:, t])
-    assert all(len(layer) == 8 for layer in streaming.cache)
+    assert streaming.cache.size == 8 and all(layer.k.shape[2] == 8 for layer in streaming.cache.layers)  # a ring of window slots
+    assert sorted(streaming.cache.pos[0].tolist()) == list(range(12, 20))
     rows = torch.tensor([0, 2])
     streaming.select(rows)
     for t in range(20, 30):
@@ -395,7 +427,7 @@ def test_streaming_without_model_and_errors():
     ids = torch.tensor([encode("abc")])
     with_model = StreamingPatcher(PatchingConfig("entropy"), model)
     with_model.feed(ids.to(torch.uint8))  # was: an embedding dtype error
-    assert torch.equal(with_model.entropies(), model.entropies(ids))
+    torch.testing.assert_close(with_model.entropies(), model.entropies(ids), atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------
