@@ -15,6 +15,12 @@ each next window scores the following ``stride`` targets while seeing the ``cont
 them as context. A model whose receptive field fits in that overlap (e.g. sliding-window attention) gets
 exactly the scores of one pass over the whole document.
 
+FLOPs spent. Every window's forward pass is counted from its actual patches (or tokens) with
+``blt.eval.flops.blt_flops_spent`` / ``tokenized_flops_spent``, positions from the window's first scored
+target on: the context a window recomputes is counted once, by the window that scores it, so a document's
+FLOPs are what one causal pass over it costs with the windows' attention spans (padding of a batch is not
+counted). They include the BLT's entropy model whenever it ran.
+
 The standard error is over documents, for the ratio estimator R = sum(bits_i) / sum(bytes_i):
 SE^2 = sum_i (bits_i - R * bytes_i)^2 / (m (m - 1) mean(bytes)^2) for m documents (the delta method).
 """
@@ -30,7 +36,14 @@ import torch.nn.functional as F
 
 from blt.checkpoint import BLT_KINDS, ENTROPY_KINDS
 from blt.config import PatchingConfig
-from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
+from blt.eval.flops import (
+    FlopsSpent,
+    blt_flops_per_byte,
+    blt_flops_spent,
+    entropy_flops_per_byte,
+    tokenized_flops_per_byte,
+    tokenized_flops_spent,
+)
 from blt.patcher import patch_lengths
 from blt.patcher.schemes import ENTROPY_SCHEMES
 from blt.tokenizer import PAD_ID, encode
@@ -57,6 +70,10 @@ class ByteLMScorer:
 
     def flops_per_byte(self, bytes_per_unit: float) -> dict[str, float]:
         return _flops_dict(entropy_flops_per_byte(self.model.config, self.context))
+
+    def flops_spent(self, n: int, first: int, starts: torch.Tensor | None) -> FlopsSpent:
+        """FLOPs of a window of ``n`` ids, positions ``first ..`` counted (``starts``: unused)."""
+        return tokenized_flops_spent(self.model.config, n, first=first)
 
 
 class BLTScorer:
@@ -92,10 +109,29 @@ class BLTScorer:
         out = self.model(ids, patch_lengths=self.patch_lengths(ids))
         return out.logits, patch_starts(out.patch_lengths, ids.shape[1])
 
-    def flops_per_byte(self, bytes_per_unit: float) -> dict[str, float]:
+    @property
+    def config(self):
+        """The model's config with the patching this scorer uses (the model's own stays as it is)."""
         config = self.model.config
-        if self.patching is not None:
-            config = replace(config, patching=self.patching)
+        return config if self.patching is None else replace(config, patching=self.patching)
+
+    @property
+    def runs_entropy_model(self) -> bool:
+        # the model's own patching runs its patcher whenever it has one, even under a scheme that ignores it
+        if getattr(self.model, "patcher", None) is None:
+            return False
+        return self.patching is None or self.patching.scheme in ENTROPY_SCHEMES
+
+    def flops_spent(self, n: int, first: int, starts: torch.Tensor) -> FlopsSpent:
+        """FLOPs of a window of ``n`` ids patched at ``starts`` [n] (bool), positions ``first ..`` counted."""
+        at = starts[:n].nonzero().flatten().tolist() + [n]
+        lengths = [b - a for a, b in zip(at, at[1:])]
+        config = self.config
+        entropy = config.entropy_model if self.runs_entropy_model else None
+        return blt_flops_spent(config, n, lengths, first, entropy)
+
+    def flops_per_byte(self, bytes_per_unit: float) -> dict[str, float]:
+        config = self.config
         flops = _flops_dict(blt_flops_per_byte(config, bytes_per_unit, self.context))
         if config.entropy_model is not None:
             entropy = _flops_dict(entropy_flops_per_byte(config.entropy_model, self.context))
@@ -122,6 +158,10 @@ class BaselineScorer:
         config = self.model.config
         context_bytes = self.context * bytes_per_unit
         return _flops_dict(tokenized_flops_per_byte(config, config.vocab_size, context_bytes, bytes_per_unit))
+
+    def flops_spent(self, n: int, first: int, starts: torch.Tensor | None) -> FlopsSpent:
+        """FLOPs of a window of ``n`` tokens, tokens ``first ..`` counted (``starts``: unused)."""
+        return tokenized_flops_spent(self.model.config, n, self.model.config.vocab_size, first)
 
 
 def checked_context(context: int | None, config) -> int:
@@ -216,31 +256,57 @@ class BPBResult:
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(self).items()}
 
 
+@dataclass
+class DocumentScore:
+    """One document: its bytes, the bits of predicting them, and the units and FLOPs spent on them."""
+
+    n_bytes: int
+    bits: float = 0.0
+    units: int = 0  # patches, tokens or bytes that start at a scored position
+    flops: FlopsSpent | None = None  # None: not counted
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.bits / self.n_bytes if self.n_bytes else math.nan
+
+    def flops_per_byte(self, prefix: str | None = None) -> float:
+        """FLOPs spent per byte, all of them or those of the parts named ``prefix.*``."""
+        if self.flops is None or not self.n_bytes:
+            return math.nan
+        return (self.flops.total if prefix is None else self.flops.share(prefix)) / self.n_bytes
+
+
 @torch.no_grad()
+def document_scores(
+    scorer, documents: Iterable[bytes], stride: int | None = None, batch_size: int = 8, flops: bool = False
+) -> list[DocumentScore]:
+    """Per document: bits, bytes, units and (``flops``) the FLOPs spent on its scored positions."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    stride = scorer.context // 2 if stride is None else stride
+    scores: list[DocumentScore] = []
+    pending: list[_Job] = []
+    for doc, document in enumerate(documents):
+        ids = scorer.encode(document)
+        scores.append(DocumentScore(len(document)))
+        pending += [_Job(doc, ids[s:e], f - s) for s, f, e in windows(len(ids), scorer.context, stride)]
+        while len(pending) >= batch_size:
+            _run(scorer, pending[:batch_size], scores, flops)
+            pending = pending[batch_size:]
+    if pending:
+        _run(scorer, pending, scores, flops)
+    return scores
+
+
 def score_documents(
     scorer, documents: Iterable[bytes], stride: int | None = None, batch_size: int = 8
 ) -> tuple[list[float], list[int], list[int]]:
     """Per document: bits, bytes and units (patches/tokens/bytes) of its scored bytes."""
-    stride = scorer.context // 2 if stride is None else stride
-    bits: list[float] = []
-    n_bytes: list[int] = []
-    units: list[int] = []
-    pending: list[_Job] = []
-    for doc, document in enumerate(documents):
-        ids = scorer.encode(document)
-        bits.append(0.0)
-        n_bytes.append(len(document))
-        units.append(0)
-        pending += [_Job(doc, ids[s:e], f - s) for s, f, e in windows(len(ids), scorer.context, stride)]
-        while len(pending) >= batch_size:
-            _run(scorer, pending[:batch_size], bits, units)
-            pending = pending[batch_size:]
-    if pending:
-        _run(scorer, pending, bits, units)
-    return bits, n_bytes, units
+    scores = document_scores(scorer, documents, stride, batch_size)
+    return [s.bits for s in scores], [s.n_bytes for s in scores], [s.units for s in scores]
 
 
-def _run(scorer, jobs: list[_Job], bits: list[float], units: list[int]) -> None:
+def _run(scorer, jobs: list[_Job], scores: list[DocumentScore], flops: bool) -> None:
     """Score a batch of windows (right-padded: causal models never look at the padding)."""
     T = max(len(j.ids) for j in jobs)
     ids = torch.full((len(jobs), T), PAD_ID, dtype=torch.long)
@@ -250,11 +316,14 @@ def _run(scorer, jobs: list[_Job], bits: list[float], units: list[int]) -> None:
     # float64 so the sum over a long corpus keeps its digits (a uniform model scores 8.0, not 8.0000001)
     logp = F.log_softmax(logits.double(), dim=-1)
     for row, job in enumerate(jobs):
-        n = len(job.ids)
+        n, score = len(job.ids), scores[job.doc]
         targets = ids[row, job.first : n]
         nats = -logp[row, job.first - 1 : n - 1].gather(-1, targets.unsqueeze(-1)).sum()
-        bits[job.doc] += float(nats) / math.log(2)
-        units[job.doc] += n - job.first if starts is None else int(starts[row, job.first : n].sum())
+        score.bits += float(nats) / math.log(2)
+        score.units += n - job.first if starts is None else int(starts[row, job.first : n].sum())
+        if flops:
+            spent = scorer.flops_spent(n, job.first, None if starts is None else starts[row])
+            score.flops = spent if score.flops is None else score.flops + spent
 
 
 def ratio_stderr(bits: list[float], n_bytes: list[int]) -> float:
@@ -272,22 +341,33 @@ def evaluate(
     scorer, documents: Iterable[bytes], stride: int | None = None, batch_size: int = 8, flops: bool = True
 ) -> BPBResult:
     """Bits per byte of ``documents`` under ``scorer`` (see the module docstring for what is scored)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    bits, n_bytes, units = score_documents(scorer, documents, stride, batch_size)
+    return summarize(scorer, document_scores(scorer, documents, stride, batch_size, flops), flops)
+
+
+def summarize(scorer, scores: list[DocumentScore], flops: bool = True) -> BPBResult:
+    """The corpus-level result of per-document scores (``flops``: their FLOPs were counted)."""
     # empty documents carry no bytes and no bits: they do not count as samples for the standard error
-    kept = [(b, n) for b, n in zip(bits, n_bytes) if n > 0]
-    total = sum(n_bytes)
+    kept = [s for s in scores if s.n_bytes > 0]
+    total = sum(s.n_bytes for s in scores)
     if total == 0:
         raise ValueError("the corpus has no bytes to score (no documents, or only empty ones)")
-    bytes_per_unit = total / sum(units)
+    bits = sum(s.bits for s in scores)
+    bytes_per_unit = total / sum(s.units for s in scores)
+    counts = {}
+    if flops:
+        counts = scorer.flops_per_byte(bytes_per_unit)
+        spent = sum((s.flops for s in kept), FlopsSpent())
+        counts["spent_flops_per_byte"] = spent.total / total
+        if scorer.unit == "patch":
+            counts["spent_entropy_flops_per_byte"] = spent.share("entropy") / total
+            counts["spent_global_flops_per_byte"] = spent.share("global") / total
     return BPBResult(
-        bits_per_byte=sum(bits) / total,
-        stderr=ratio_stderr([b for b, _ in kept], [n for _, n in kept]),
+        bits_per_byte=bits / total,
+        stderr=ratio_stderr([s.bits for s in kept], [s.n_bytes for s in kept]),
         n_documents=len(kept),
         n_bytes=total,
-        bits=sum(bits),
+        bits=bits,
         unit=scorer.unit,
         bytes_per_unit=bytes_per_unit,
-        flops=scorer.flops_per_byte(bytes_per_unit) if flops else {},
+        flops=counts,
     )

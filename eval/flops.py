@@ -51,11 +51,32 @@ Byte latent transformer (:func:`blt_flops_per_byte`), with mean patch size ``p``
 The entropy model that decides patch boundaries is a byte-level transformer and is reported separately
 (:func:`entropy_flops_per_byte`): whether to count it is the reader's choice (the paper reports BLT FLOPs
 without it; at inference it runs once per byte, during BLT training it runs forward only).
+
+FLOPs spent on one input (:func:`blt_flops_spent`, :func:`tokenized_flops_spent`): the same terms, summed
+over the positions and patches the input actually has instead of multiplied by means. For one forward pass
+over ``T`` positions cut into patches of lengths ``l_0 .. l_{P-1}`` (``sum l_i = T``), counting the positions
+``t >= first`` (a scoring window recomputes the positions before ``first`` as context; the window that
+scores them counts them) and the ``P_c`` patches that start at or after ``first``:
+
+- a stack's linear terms (qkvo, ffn) cost their per-position figure times the positions counted (``T -
+  first``; ``P_c`` for the global transformer), the output projection likewise;
+- its attention costs ``2 * 2 (H d_h)`` per key actually attended: position ``t`` attends ``min(t + 1, w)``
+  keys, so ``sum_{t = first}^{T-1} min(t + 1, w)`` in all (:func:`causal_keys`); the global transformer
+  does the same over patch indices, from the first counted patch;
+- per-patch terms of the cross-attentions and the global input projection cost their figure times ``P_c``,
+  per-byte terms times ``T - first``; the encoder's ``k`` rows of patch ``i`` attend to its ``l_i`` bytes,
+  ``4 k (H d_h)`` per byte, and each decoder byte attends to ``k`` rows, so neither depends on the lengths.
+
+So the patch lengths enter only through ``P_c`` and the global attention, and for ``P`` equal patches of
+``p`` bytes over a context of ``T = P p`` bytes the FLOPs spent are exactly ``T`` times the per-byte figures
+of :func:`blt_flops_per_byte` and :func:`entropy_flops_per_byte` at ``context_bytes = T`` (the mean number
+of keys attended is ``causal_keys(T, w) / T = attended_context(T, w)``).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from blt.config import BLTConfig, EntropyModelConfig, TransformerConfig
@@ -149,19 +170,19 @@ def entropy_flops_per_byte(
     return tokenized_flops_per_byte(config, config.vocab_size, context_bytes, bytes_per_token=1.0)
 
 
-def _encoder_cross_flops(config: BLTConfig, patch_size: float) -> dict[str, float]:
-    """Per byte: patch-query cross-attention in the local encoder (see the module docstring)."""
+def _encoder_cross_terms(config: BLTConfig) -> tuple[float, float, float]:
+    """Encoder cross-attention (see the module docstring): FLOPs per patch, per byte, attention per byte."""
     enc, k = config.encoder, config.cross_attn_k
     n_cross = enc.n_layers if enc.cross_attn_all_layers else 1  # pooling into patches happens regardless
     d, q_dim, kv_dim = enc.dim, enc.n_heads * enc.head_dim, enc.kv_heads * enc.head_dim
     per_patch = 2 * d * k * d + k * 2 * (d * q_dim + q_dim * d)  # pooled-patch projection, Q and O
     per_byte = 2 * 2 * d * kv_dim  # K and V
     attention = k * 2 * 2 * q_dim  # k rows x p bytes per patch, spread over the patch's p bytes
-    return {"proj": n_cross * (per_patch / patch_size + per_byte), "attention": n_cross * attention}
+    return n_cross * per_patch, n_cross * per_byte, n_cross * attention
 
 
-def _decoder_cross_flops(config: BLTConfig, patch_size: float) -> dict[str, float]:
-    """Per byte: byte-query cross-attention in the local decoder (see the module docstring)."""
+def _decoder_cross_terms(config: BLTConfig) -> tuple[float, float, float]:
+    """Decoder cross-attention (see the module docstring): FLOPs per patch, per byte, attention per byte."""
     dec, k, d_global = config.decoder, config.cross_attn_k, config.global_transformer.dim
     n_cross = dec.n_layers if dec.cross_attn_all_layers else min(1, dec.n_layers)
     d, q_dim, kv_dim = dec.dim, dec.n_heads * dec.head_dim, dec.kv_heads * dec.head_dim
@@ -169,8 +190,13 @@ def _decoder_cross_flops(config: BLTConfig, patch_size: float) -> dict[str, floa
     per_patch = k * 2 * 2 * d * kv_dim  # K and V of the k rows
     per_byte = 2 * (d * q_dim + q_dim * d)  # Q and O
     attention = 2 * 2 * q_dim * k  # each byte attends to the k rows of its patch
-    proj = rows / patch_size + n_cross * (per_patch / patch_size + per_byte)
-    return {"proj": proj, "attention": n_cross * attention}
+    return rows + n_cross * per_patch, n_cross * per_byte, n_cross * attention
+
+
+def _cross_flops(terms: tuple[float, float, float], patch_size: float) -> dict[str, float]:
+    """Per byte: a cross-attention's per-patch terms spread over a patch of ``patch_size`` bytes."""
+    per_patch, per_byte, attention = terms
+    return {"proj": per_patch / patch_size + per_byte, "attention": attention}
 
 
 def blt_flops_per_byte(
@@ -188,11 +214,156 @@ def blt_flops_per_byte(
     _check_positive(context_bytes, "context_bytes")
     enc, glob, dec, k = config.encoder, config.global_transformer, config.decoder, config.cross_attn_k
     parts = _prefixed("encoder", layer_flops(enc, context_bytes))
-    parts |= _prefixed("encoder.cross", _encoder_cross_flops(config, p))
+    parts |= _prefixed("encoder.cross", _cross_flops(_encoder_cross_terms(config), p))
     if enc.dim * k != glob.dim:  # the released models project the k encoder rows to the global width
         parts["global.input_proj"] = 2 * enc.dim * k * glob.dim / p
     parts |= _prefixed("global", layer_flops(glob, context_bytes / p), scale=1 / p)
-    parts |= _prefixed("decoder.cross", _decoder_cross_flops(config, p))
+    parts |= _prefixed("decoder.cross", _cross_flops(_decoder_cross_terms(config), p))
     parts |= _prefixed("decoder", layer_flops(dec, context_bytes))
     parts["decoder.output"] = 2 * dec.dim * config.vocab_size
     return FlopCount(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FLOPs spent on one input, from its actual patches (see the module docstring)
+
+
+@dataclass(frozen=True)
+class FlopsSpent:
+    """Forward FLOPs one input actually cost, by component (totals, not per byte).
+
+    ``positions``: the positions counted (bytes for byte-level models, tokens for a tokenized one);
+    ``units``: the patches (BLT), tokens or bytes among them. Spent FLOPs of several inputs add up.
+    """
+
+    parts: dict[str, float] = field(default_factory=dict)
+    positions: int = 0
+    units: int = 0
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.parts.values()))
+
+    def share(self, prefix: str) -> float:
+        """FLOPs of the parts named ``prefix.*`` (e.g. ``"entropy"``, ``"global"``)."""
+        return float(sum(v for k, v in self.parts.items() if k.startswith(prefix + ".")))
+
+    def __add__(self, other: FlopsSpent) -> FlopsSpent:
+        parts = dict(self.parts)
+        for name, value in other.parts.items():
+            parts[name] = parts.get(name, 0.0) + value
+        return FlopsSpent(parts, self.positions + other.positions, self.units + other.units)
+
+
+def causal_keys(n: int, window: int | None = None, first: int = 0) -> int:
+    """Keys attended by queries ``first .. n - 1`` of a causal stack over ``n`` positions.
+
+    Query t sees ``min(t + 1, w)`` keys; summed over t < n that is ``n (n + 1) / 2`` without a window (or when
+    ``w >= n``) and ``w (w + 1) / 2 + (n - w) w`` otherwise. The queries before ``first`` are subtracted.
+    """
+
+    def upto(m: int) -> int:
+        if window is None or m <= window:
+            return m * (m + 1) // 2
+        return window * (window + 1) // 2 + (m - window) * window
+
+    if not 0 <= first <= n:
+        raise ValueError(f"first must be in [0, {n}], got {first}")
+    return upto(n) - upto(first)
+
+
+def _stack_spent(config: TransformerConfig, n: int, first: int) -> dict[str, float]:
+    """Forward FLOPs of ``config.n_layers`` layers spent on positions ``first .. n - 1`` of ``n``."""
+    per_position = layer_flops(config, 1)  # qkvo and ffn do not depend on the context
+    q_dim = config.n_heads * config.head_dim
+    return {
+        "qkvo": per_position["qkvo"] * (n - first),
+        "ffn": per_position["ffn"] * (n - first),
+        "attention": config.n_layers * 2 * 2 * q_dim * causal_keys(n, config.window, first),
+    }
+
+
+def _one_row(values, name: str) -> list[int]:
+    """A 1-D sequence of ints (a list, a 1-D tensor or a one-row 2-D tensor) as a list."""
+    shape = tuple(getattr(values, "shape", (len(values),)))
+    if len(shape) == 2 and shape[0] == 1:
+        values = values[0]
+    elif len(shape) != 1:
+        raise ValueError(f"{name} must be one sequence (1-D, or a [1, n] row), got shape {shape}")
+    return [int(v) for v in values]
+
+
+def _positions(ids, first: int) -> int:
+    n = int(ids) if isinstance(ids, numbers.Integral) else len(_one_row(ids, "ids"))
+    if n < 1:
+        raise ValueError("ids must hold at least one id")
+    if not 0 <= first < n:
+        raise ValueError(f"first must be in [0, {n - 1}] for {n} ids, got {first}")
+    return n
+
+
+def tokenized_flops_spent(
+    config: TransformerConfig, ids, vocab_size: int | None = None, first: int = 0
+) -> FlopsSpent:
+    """FLOPs one forward pass of a causal LM spends on ``ids`` (1-D ids, or their number).
+
+    Positions ``first ..`` are counted (see the module docstring); each costs the layers, attention over the
+    keys it actually attends (its window respected) and the output projection. For the entropy model pass
+    its config (the 260 byte ids are its vocabulary); for the baseline the positions are tokens.
+    """
+    vocab_size = vocab_size if vocab_size is not None else getattr(config, "vocab_size", None)
+    if vocab_size is None:
+        raise ValueError("vocab_size is needed: the config has none")
+    n = _positions(ids, first)
+    parts = _stack_spent(config, n, first)
+    parts["output"] = 2 * config.dim * vocab_size * (n - first)
+    return FlopsSpent({k: float(v) for k, v in parts.items()}, n - first, n - first)
+
+
+def blt_flops_spent(
+    config: BLTConfig,
+    ids,
+    patch_lengths,
+    first: int = 0,
+    entropy_model: EntropyModelConfig | None = None,
+) -> FlopsSpent:
+    """FLOPs one BLT forward pass spends on ``ids`` cut into ``patch_lengths`` (see the module docstring).
+
+    ``ids``: the input (1-D, a [1, T] row, or its length T); ``patch_lengths``: the patches the model used
+    (``BLTOutput.patch_lengths`` of that row; trailing zeros are padding), summing to T. Positions and
+    patches from ``first`` on are counted. ``entropy_model``: the config of the entropy model that patched
+    the input (``config.entropy_model`` under an entropy scheme), whose FLOPs are added as ``entropy.*``
+    parts; None when the patches came without one.
+    """
+    T = _positions(ids, first)
+    lengths = _one_row(patch_lengths, "patch_lengths")
+    while lengths and lengths[-1] == 0:
+        lengths.pop()
+    if not lengths or any(n <= 0 for n in lengths) or sum(lengths) != T:
+        raise ValueError(
+            f"patch_lengths must be positive (zeros only as right padding) and sum to the {T} ids, "
+            f"got {len(lengths)} patches summing to {sum(lengths)}"
+        )
+    starts = [0]
+    for n in lengths[:-1]:
+        starts.append(starts[-1] + n)
+    skipped = sum(1 for s in starts if s < first)  # patches of the context before ``first``
+    P, counted, n_bytes = len(lengths), len(lengths) - skipped, T - first
+    enc, glob, dec, k = config.encoder, config.global_transformer, config.decoder, config.cross_attn_k
+
+    parts: dict[str, float] = {}
+    if entropy_model is not None:
+        parts |= _prefixed("entropy", tokenized_flops_spent(entropy_model, T, first=first).parts)
+    parts |= _prefixed("encoder", _stack_spent(enc, T, first))
+    per_patch, per_byte, attention = _encoder_cross_terms(config)
+    parts["encoder.cross.proj"] = per_patch * counted + per_byte * n_bytes
+    parts["encoder.cross.attention"] = attention * n_bytes
+    if enc.dim * k != glob.dim:
+        parts["global.input_proj"] = 2 * enc.dim * k * glob.dim * counted
+    parts |= _prefixed("global", _stack_spent(glob, P, skipped))
+    per_patch, per_byte, attention = _decoder_cross_terms(config)
+    parts["decoder.cross.proj"] = per_patch * counted + per_byte * n_bytes
+    parts["decoder.cross.attention"] = attention * n_bytes
+    parts |= _prefixed("decoder", _stack_spent(dec, T, first))
+    parts["decoder.output"] = 2 * dec.dim * config.vocab_size * n_bytes
+    return FlopsSpent({name: float(v) for name, v in parts.items()}, n_bytes, counted)

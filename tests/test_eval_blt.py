@@ -69,10 +69,18 @@ def test_blt_entropy_model_count_the_same_bytes(blt_dir, text_corpus, capsys):
         "training_flops_per_byte",
         "entropy_inference_flops_per_byte",
         "entropy_training_flops_per_byte",
+        "spent_flops_per_byte",
+        "spent_entropy_flops_per_byte",
+        "spent_global_flops_per_byte",
     }
     assert blt["flops"]["entropy_inference_flops_per_byte"] == pytest.approx(
         entropy["flops"]["inference_flops_per_byte"]
     )
+    # the same windows: the BLT's patcher spends exactly what the entropy model does on its own
+    assert blt["flops"]["spent_entropy_flops_per_byte"] == pytest.approx(
+        entropy["flops"]["spent_flops_per_byte"]
+    )
+    assert blt["flops"]["spent_flops_per_byte"] > 2 * blt["flops"]["spent_entropy_flops_per_byte"]
 
 
 def test_static_patching_override_counts_patches(blt_dir, text_corpus, capsys):

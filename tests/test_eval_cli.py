@@ -113,7 +113,7 @@ def test_bpb_bad_input(extra, message, entropy_dir, tmp_path, text_corpus, capsy
         (["bpb", "--checkpoint", "ENTROPY", "--data.source", "CORPUS"], "split of"),  # 1% of 40 documents
         (["bpb", "--data.source", "CORPUS"], "checkpoint"),
         (["score", "--checkpoint", "ENTROPY"], "score"),
-        ([], "bpb,compare"),
+        ([], "bpb,docs,sweep,compare"),
     ],
 )
 def test_bpb_bad_command_line(argv, message, entropy_dir, tmp_path, text_corpus, capsys):
