@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,20 @@ class MetricsCSV(CSVLogger):
         return len(self.experiment.rows) if rank_zero_only.rank == 0 else 0
 
 
+def after_earlier_events(folder: Path) -> None:
+    """Wait, if need be, until a new event file would sort after every one in ``folder``.
+
+    TensorBoard reads a run's event files in name order, and a name starts with the second it was made in;
+    a resumed run's file made in the same second as the killed run's could sort first, and then the purge
+    of the steps after the resumed checkpoint would be applied before the steps it must remove."""
+    stamps = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*") if p.name.split(".")[3].isdigit()]
+    while stamps and time.time() < max(stamps) + 1:
+        time.sleep(0.05)
+
+
 def loggers(run_dir: Path, keep_rows: int, first_step: int) -> list:
     """metrics.csv keeping ``keep_rows`` earlier rows, and TensorBoard continuing at ``first_step``."""
+    after_earlier_events(run_dir / "tensorboard")
     return [
         MetricsCSV(run_dir, keep_rows),
         TensorBoardLogger(run_dir, name="tensorboard", version="", purge_step=first_step),
