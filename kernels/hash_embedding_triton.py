@@ -103,7 +103,8 @@ class _TritonHashEmbedding(torch.autograd.Function):
         out = torch.empty(B, T, D, dtype=dtype, device=device)
         grid, block_t, block_d = _launch_shape(B * T, D)
         w = (byte_weight.contiguous(), hash_weight.contiguous())
-        _hash_embedding_fwd[grid](ids, *w, primes, sizes, out, B * T, T, D, *spec, BLOCK_T=block_t, BLOCK_D=block_d)
+        sizes_spec = (B * T, T, D, *spec)
+        _hash_embedding_fwd[grid](ids, *w, primes, sizes, out, *sizes_spec, BLOCK_T=block_t, BLOCK_D=block_d)
         ctx.save_for_backward(ids, primes, sizes)
         ctx.spec = spec
         ctx.weights = (byte_weight.shape, byte_weight.dtype, hash_weight.shape, hash_weight.dtype)
