@@ -11,8 +11,15 @@ from blt.config import (
     LocalEncoderConfig,
     PatchingConfig,
     TransformerConfig,
+    from_dict,
 )
 from blt.model import BLT
+
+
+def blt_config(**sections) -> BLTConfig:
+    """A BLTConfig from plain dicts of its sections, as a config file gives them: a test names only the
+    sizes it is about, and needs no import of each section's class."""
+    return from_dict(BLTConfig, sections)
 
 
 def tiny_config(
