@@ -5,7 +5,7 @@
 Submodules are imported on first use so ``import blt`` stays cheap.
 """
 
-from importlib import import_module
+from blt._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -17,12 +17,7 @@ _LAZY = {
     "decode": "blt.tokenizer",
     "decode_text": "blt.tokenizer",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'blt' has no attribute {name!r}")
+__getattr__ = lazy_getattr("blt", _LAZY)
 
 
 __all__ = sorted(_LAZY)
