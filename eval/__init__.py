@@ -8,7 +8,7 @@
 Submodules are imported on first use so ``import blt.eval`` stays cheap (no torch, no matplotlib).
 """
 
-from blt._lazy import lazy_getattr
+from blt import lazy_getattr
 
 _LAZY = {
     "load_model": "blt.eval.loading",  # blt.checkpoint.load, under its earlier name
