@@ -9,6 +9,19 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
+
+def lazy_getattr(module: str, lazy: dict[str, str]):
+    """A module ``__getattr__`` (PEP 562) that imports ``lazy[name]`` the first time ``name`` is asked for;
+    blt.eval uses it too (it lives here, not in a module of its own, so ``import blt`` loads nothing more)."""
+
+    def __getattr__(name: str):
+        if name in lazy:
+            return getattr(import_module(lazy[name]), name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 _LAZY = {
     "BLT": "blt.model",
     "BLTConfig": "blt.config",
@@ -17,12 +30,7 @@ _LAZY = {
     "decode": "blt.tokenizer",
     "decode_text": "blt.tokenizer",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'blt' has no attribute {name!r}")
+__getattr__ = lazy_getattr("blt", _LAZY)
 
 
 __all__ = sorted(_LAZY)

@@ -11,7 +11,7 @@
 Submodules are imported on first use so ``import blt.eval`` stays cheap (no torch, no matplotlib).
 """
 
-from importlib import import_module
+from blt import lazy_getattr
 
 _LAZY = {
     "load_model": "blt.eval.loading",  # blt.checkpoint.load, under its earlier name
@@ -23,12 +23,7 @@ _LAZY = {
     "blt_flops_spent": "blt.eval.flops",
     "tokenized_flops_spent": "blt.eval.flops",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'blt.eval' has no attribute {name!r}")
+__getattr__ = lazy_getattr("blt.eval", _LAZY)
 
 
 __all__ = ["compare_runs", "evaluate", "load_model"]

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from blt.checkpoint.files import read_json_object
+
 REQUIRED = ("kind", "params", "training_flops", "val_bpb", "inference_flops_per_byte")
 
 
@@ -43,12 +45,7 @@ def read_run(directory: str | Path) -> Run:
     path = directory / "summary.json"
     if not path.is_file():
         raise ValueError(f"{directory} is not a run directory: no summary.json")
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(summary, dict):
-        raise ValueError(f"{path} must hold a JSON object, not {type(summary).__name__}")
+    summary = read_json_object(path, ValueError)
     missing = [k for k in REQUIRED if k not in summary]
     if missing:
         raise ValueError(f"{path} lacks the key {missing[0]!r} (needs {', '.join(REQUIRED)})")

@@ -31,6 +31,13 @@ def _rows(ptr, rows, d, rmask, dmask, Dh):
 
 
 @triton.jit
+def _store_rows(ptr, rows, d, rmask, dmask, Dh, x):
+    """Store x [N, BLOCK_DH] into rows ``rows`` of a [*, Dh] matrix, in the matrix's dtype."""
+    mask = rmask[:, None] & dmask[None, :]
+    tl.store(ptr + rows[:, None] * Dh + d[None, :], x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _patch_run(order_ptr, b, T, start, i, count, BLOCK_L: tl.constexpr):
     """Positions and validity of bytes i .. i + BLOCK_L of a patch's run."""
     offs = i + tl.arange(0, BLOCK_L)
@@ -39,32 +46,26 @@ def _patch_run(order_ptr, b, T, start, i, count, BLOCK_L: tl.constexpr):
 
 
 @triton.jit
-def _patch_query_fwd(
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    order_ptr,
-    starts_ptr,
-    counts_ptr,
-    out_ptr,
-    lse_ptr,
-    H,
-    T,
-    P,
-    Dh,
-    k_rep,
-    scale,
-    BLOCK_K: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_DH: tl.constexpr,
-):
+def _program(starts_ptr, counts_ptr, H, P, Dh, k_rep, BLOCK_K: tl.constexpr, BLOCK_DH: tl.constexpr):
+    """Where a program (batch row, head, patch) starts: its (b, h) row bh, batch row b, head columns d,
+    the masks of its k_rep patch rows and of d, those rows' indices, and its patch's byte start and count."""
     bh, p = tl.program_id(0) // P, tl.program_id(0) % P  # one flat grid: no 65535 limit on P
     b = bh // H
     j, d = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_DH)
-    jmask, dmask = j < k_rep, d < Dh
-    qrows = bh * P * k_rep + p * k_rep + j
-    q = _rows(q_ptr, qrows, d, jmask, dmask, Dh) * scale  # [BK, BD]
     start, count = tl.load(starts_ptr + b * P + p), tl.load(counts_ptr + b * P + p)
+    return bh, b, d, j < k_rep, d < Dh, bh * P * k_rep + p * k_rep + j, start, count
+
+
+# fmt: off
+@triton.jit
+def _patch_query_fwd(q_ptr, k_ptr, v_ptr, order_ptr, starts_ptr, counts_ptr, out_ptr, lse_ptr,
+                     H, T, P, Dh, k_rep, scale,
+                     BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_DH: tl.constexpr):
+    # fmt: on
+    bh, b, d, jmask, dmask, qrows, start, count = _program(
+        starts_ptr, counts_ptr, H, P, Dh, k_rep, BLOCK_K, BLOCK_DH
+    )
+    q = _rows(q_ptr, qrows, d, jmask, dmask, Dh) * scale  # [BK, BD]
     m = tl.full([BLOCK_K], float("-inf"), tl.float32)
     denom = tl.zeros([BLOCK_K], dtype=tl.float32)
     acc = tl.zeros([BLOCK_K, BLOCK_DH], dtype=tl.float32)
@@ -82,48 +83,24 @@ def _patch_query_fwd(
         m = m_new
     nonempty = denom > 0
     out = tl.where(nonempty[:, None], acc / tl.where(nonempty, denom, 1.0)[:, None], 0.0)
-    tl.store(
-        out_ptr + qrows[:, None] * Dh + d[None, :],
-        out.to(out_ptr.dtype.element_ty),
-        mask=jmask[:, None] & dmask[None, :],
-    )
+    _store_rows(out_ptr, qrows, d, jmask, dmask, Dh, out)
     tl.store(lse_ptr + qrows, tl.where(nonempty, m + tl.log(tl.where(nonempty, denom, 1.0)), 0.0), mask=jmask)
 
 
+# fmt: off
 @triton.jit
-def _patch_query_bwd(
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    out_ptr,
-    lse_ptr,
-    grad_out_ptr,
-    order_ptr,
-    starts_ptr,
-    counts_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    H,
-    T,
-    P,
-    Dh,
-    k_rep,
-    scale,
-    BLOCK_K: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_DH: tl.constexpr,
-):
-    bh, p = tl.program_id(0) // P, tl.program_id(0) % P  # one flat grid: no 65535 limit on P
-    b = bh // H
-    j, d = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_DH)
-    jmask, dmask = j < k_rep, d < Dh
-    qrows = bh * P * k_rep + p * k_rep + j
+def _patch_query_bwd(q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, grad_out_ptr, order_ptr, starts_ptr, counts_ptr,
+                     dq_ptr, dk_ptr, dv_ptr,
+                     H, T, P, Dh, k_rep, scale,
+                     BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_DH: tl.constexpr):
+    # fmt: on
+    bh, b, d, jmask, dmask, qrows, start, count = _program(
+        starts_ptr, counts_ptr, H, P, Dh, k_rep, BLOCK_K, BLOCK_DH
+    )
     q = _rows(q_ptr, qrows, d, jmask, dmask, Dh) * scale
     do = _rows(grad_out_ptr, qrows, d, jmask, dmask, Dh)
     delta = tl.sum(do * _rows(out_ptr, qrows, d, jmask, dmask, Dh), 1)  # [BK]
     lse = tl.load(lse_ptr + qrows, mask=jmask, other=0.0)
-    start, count = tl.load(starts_ptr + b * P + p), tl.load(counts_ptr + b * P + p)
     dq = tl.zeros([BLOCK_K, BLOCK_DH], dtype=tl.float32)
     for i in range(0, count, BLOCK_L):
         pos, lmask = _patch_run(order_ptr, b, T, start, i, count, BLOCK_L)
@@ -135,15 +112,9 @@ def _patch_query_bwd(
         ds = w * (tl.sum(do[:, None, :] * v[None, :, :], 2) - delta[:, None])
         dq += tl.sum(ds[:, :, None] * k[None, :, :], 1)
         dk = tl.sum(ds[:, :, None] * q[:, None, :], 0)  # q already carries the scale
-        brows = (bh * T + pos)[:, None] * Dh + d[None, :]
-        bmask = lmask[:, None] & dmask[None, :]
-        tl.store(dk_ptr + brows, dk.to(dk_ptr.dtype.element_ty), mask=bmask)
-        tl.store(dv_ptr + brows, dv.to(dv_ptr.dtype.element_ty), mask=bmask)
-    tl.store(
-        dq_ptr + qrows[:, None] * Dh + d[None, :],
-        (dq * scale).to(dq_ptr.dtype.element_ty),
-        mask=jmask[:, None] & dmask[None, :],
-    )
+        _store_rows(dk_ptr, bh * T + pos, d, lmask, dmask, Dh, dk)
+        _store_rows(dv_ptr, bh * T + pos, d, lmask, dmask, Dh, dv)
+    _store_rows(dq_ptr, qrows, d, jmask, dmask, Dh, dq * scale)
 
 
 @triton.jit
@@ -155,96 +126,52 @@ def _byte_query_probs(q, k, jmask):
     return w / tl.sum(w, 1)[:, None]
 
 
+# fmt: off
 @triton.jit
-def _byte_query_fwd(
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    order_ptr,
-    starts_ptr,
-    counts_ptr,
-    out_ptr,
-    H,
-    T,
-    P,
-    Dh,
-    k_rep,
-    scale,
-    BLOCK_K: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_DH: tl.constexpr,
-):
-    bh, p = tl.program_id(0) // P, tl.program_id(0) % P  # one flat grid: no 65535 limit on P
-    b = bh // H
-    j, d = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_DH)
-    jmask, dmask = j < k_rep, d < Dh
-    krows = bh * P * k_rep + p * k_rep + j
+def _byte_query_fwd(q_ptr, k_ptr, v_ptr, order_ptr, starts_ptr, counts_ptr, out_ptr,
+                    H, T, P, Dh, k_rep, scale,
+                    BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_DH: tl.constexpr):
+    # fmt: on
+    bh, b, d, jmask, dmask, krows, start, count = _program(
+        starts_ptr, counts_ptr, H, P, Dh, k_rep, BLOCK_K, BLOCK_DH
+    )
     k = _rows(k_ptr, krows, d, jmask, dmask, Dh)  # [BK, BD]
     v = _rows(v_ptr, krows, d, jmask, dmask, Dh)
-    start, count = tl.load(starts_ptr + b * P + p), tl.load(counts_ptr + b * P + p)
     for i in range(0, count, BLOCK_L):
         pos, lmask = _patch_run(order_ptr, b, T, start, i, count, BLOCK_L)
         q = _rows(q_ptr, bh * T + pos, d, lmask, dmask, Dh) * scale  # [BL, BD]
         w = _byte_query_probs(q, k, jmask)
         out = tl.sum(w[:, :, None] * v[None, :, :], 1)  # [BL, BD]
-        tl.store(
-            out_ptr + (bh * T + pos)[:, None] * Dh + d[None, :],
-            out.to(out_ptr.dtype.element_ty),
-            mask=lmask[:, None] & dmask[None, :],
-        )
+        _store_rows(out_ptr, bh * T + pos, d, lmask, dmask, Dh, out)
 
 
+# fmt: off
 @triton.jit
-def _byte_query_bwd(
-    q_ptr,
-    k_ptr,
-    v_ptr,
-    grad_out_ptr,
-    order_ptr,
-    starts_ptr,
-    counts_ptr,
-    dq_ptr,
-    dk_ptr,
-    dv_ptr,
-    H,
-    T,
-    P,
-    Dh,
-    k_rep,
-    scale,
-    BLOCK_K: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_DH: tl.constexpr,
-):
-    bh, p = tl.program_id(0) // P, tl.program_id(0) % P  # one flat grid: no 65535 limit on P
-    b = bh // H
-    j, d = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_DH)
-    jmask, dmask = j < k_rep, d < Dh
-    krows = bh * P * k_rep + p * k_rep + j
+def _byte_query_bwd(q_ptr, k_ptr, v_ptr, grad_out_ptr, order_ptr, starts_ptr, counts_ptr,
+                    dq_ptr, dk_ptr, dv_ptr,
+                    H, T, P, Dh, k_rep, scale,
+                    BLOCK_K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_DH: tl.constexpr):
+    # fmt: on
+    bh, b, d, jmask, dmask, krows, start, count = _program(
+        starts_ptr, counts_ptr, H, P, Dh, k_rep, BLOCK_K, BLOCK_DH
+    )
     k = _rows(k_ptr, krows, d, jmask, dmask, Dh)
     v = _rows(v_ptr, krows, d, jmask, dmask, Dh)
-    start, count = tl.load(starts_ptr + b * P + p), tl.load(counts_ptr + b * P + p)
     dk = tl.zeros([BLOCK_K, BLOCK_DH], dtype=tl.float32)
     dv = tl.zeros([BLOCK_K, BLOCK_DH], dtype=tl.float32)
     for i in range(0, count, BLOCK_L):
         pos, lmask = _patch_run(order_ptr, b, T, start, i, count, BLOCK_L)
-        brows = (bh * T + pos)[:, None] * Dh + d[None, :]
-        bmask = lmask[:, None] & dmask[None, :]
         q = _rows(q_ptr, bh * T + pos, d, lmask, dmask, Dh)
         do = _rows(grad_out_ptr, bh * T + pos, d, lmask, dmask, Dh)
         w = tl.where(lmask[:, None], _byte_query_probs(q * scale, k, jmask), 0.0)  # [BL, BK]
         dv += tl.sum(w[:, :, None] * do[:, None, :], 0)
         dw = tl.sum(do[:, None, :] * v[None, :, :], 2)  # [BL, BK]
         ds = w * (dw - tl.sum(w * dw, 1)[:, None])
-        tl.store(
-            dq_ptr + brows,
-            (tl.sum(ds[:, :, None] * k[None, :, :], 1) * scale).to(dq_ptr.dtype.element_ty),
-            mask=bmask,
-        )
+        dq = tl.sum(ds[:, :, None] * k[None, :, :], 1) * scale
+        _store_rows(dq_ptr, bh * T + pos, d, lmask, dmask, Dh, dq)
         dk += tl.sum(ds[:, :, None] * q[:, None, :], 0)
-    kmask = jmask[:, None] & dmask[None, :]
-    tl.store(dk_ptr + krows[:, None] * Dh + d[None, :], (dk * scale).to(dk_ptr.dtype.element_ty), mask=kmask)
-    tl.store(dv_ptr + krows[:, None] * Dh + d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=kmask)
+    _store_rows(dk_ptr, krows, d, jmask, dmask, Dh, dk * scale)
+    _store_rows(dv_ptr, krows, d, jmask, dmask, Dh, dv)
 
 
 def _meta(k_rep: int, Dh: int) -> dict[str, int]:

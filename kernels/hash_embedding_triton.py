@@ -1,9 +1,10 @@
 """Triton kernels of the hash n-gram embedding (forward and backward); see :mod:`blt.kernels.hash_embedding`.
 
 One program owns a block of bytes and a block of embedding columns. It loads the byte rows, then for every
-hash function rolls the hash through the n-gram sizes (one int64 multiply-add per size, wrapping exactly as
-the reference's int64 tensors do) and adds each table's row the moment its size is reached. The backward
-kernel walks the same hashes and atomically adds the output gradient into the byte and hash tables.
+hash table (one per hash function and n-gram size) rolls the hash through sizes 1..n (one int64 multiply-add
+per size, wrapping exactly as the reference's int64 tensors do) and adds that table's row. Each table rolls
+its own hash: the few int64 loads this repeats are small beside the [BLOCK_T, BLOCK_D] row loads. The
+backward kernel walks the same hashes and atomically adds the output gradient into the byte and hash tables.
 """
 
 from __future__ import annotations
@@ -30,83 +31,55 @@ def _floor_mod(h, m):
 
 
 @triton.jit
-def _hash_embedding_fwd(
-    ids_ptr,
-    byte_w_ptr,
-    hash_w_ptr,
-    primes_ptr,
-    sizes_ptr,
-    out_ptr,
-    N,
-    T,
-    D,
-    n_functions,
-    n_sizes,
-    hash_vocab,
-    MAX_N: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)  # flat byte index b * T + t
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    rmask, cmask = rows < N, cols < D
-    mask = rmask[:, None] & cmask[None, :]
-    t = rows % T
-    ids = tl.load(ids_ptr + rows, mask=rmask, other=0)
-    acc = tl.load(byte_w_ptr + ids[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    for f in range(n_functions):
-        prime = tl.load(primes_ptr + f)
-        h = tl.zeros([BLOCK_T], dtype=tl.int64)
-        for n in range(1, MAX_N + 1):
-            h = _rolled_row(ids_ptr, rows, t, rmask, h, prime, n)
-            for s in range(n_sizes):
-                if tl.load(sizes_ptr + s) == n:
-                    row = _floor_mod(h, hash_vocab) + (f * n_sizes + s) * hash_vocab
-                    acc += tl.load(hash_w_ptr + row[:, None] * D + cols[None, :], mask=mask, other=0.0).to(
-                        tl.float32
-                    )
-    tl.store(out_ptr + rows[:, None] * D + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+def _hash_row(ids_ptr, primes_ptr, sizes_ptr, rows, t, rmask, k, n_sizes, hash_vocab):
+    """Row of table k = f * n_sizes + s for the n-grams ending at ``rows``: hash function f over size s.
+    Forward and backward walk the tables in the same order, so one helper keeps their hashes the same."""
+    prime, n_max = tl.load(primes_ptr + k // n_sizes), tl.load(sizes_ptr + k % n_sizes)
+    h = tl.zeros(rows.shape, dtype=tl.int64)
+    for n in range(1, n_max + 1):
+        h = _rolled_row(ids_ptr, rows, t, rmask, h, prime, n)
+    return _floor_mod(h, hash_vocab) + k * hash_vocab
 
 
 @triton.jit
-def _hash_embedding_bwd(
-    ids_ptr,
-    grad_ptr,
-    grad_byte_ptr,
-    grad_hash_ptr,
-    primes_ptr,
-    sizes_ptr,
-    N,
-    T,
-    D,
-    n_functions,
-    n_sizes,
-    hash_vocab,
-    MAX_N: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BYTE_GRAD: tl.constexpr,
-    HASH_GRAD: tl.constexpr,
-):
+def _byte_block(ids_ptr, N, T, D, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's byte rows (flat index b * T + t), columns, masks, positions t and byte ids."""
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask, cmask = rows < N, cols < D
-    mask = rmask[:, None] & cmask[None, :]
-    t = rows % T
     ids = tl.load(ids_ptr + rows, mask=rmask, other=0)
+    return rows, cols, rmask, rmask[:, None] & cmask[None, :], rows % T, ids
+
+
+# fmt: off
+@triton.jit
+def _hash_embedding_fwd(ids_ptr, byte_w_ptr, hash_w_ptr, primes_ptr, sizes_ptr, out_ptr,
+                        N, T, D, n_functions, n_sizes, hash_vocab,
+                        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    # fmt: on
+    rows, cols, rmask, mask, t, ids = _byte_block(ids_ptr, N, T, D, BLOCK_T, BLOCK_D)
+    acc = tl.load(byte_w_ptr + ids[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    for k in range(n_functions * n_sizes):
+        row = _hash_row(ids_ptr, primes_ptr, sizes_ptr, rows, t, rmask, k, n_sizes, hash_vocab)
+        acc += tl.load(hash_w_ptr + row[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + rows[:, None] * D + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# fmt: off
+@triton.jit
+def _hash_embedding_bwd(ids_ptr, grad_ptr, grad_byte_ptr, grad_hash_ptr, primes_ptr, sizes_ptr,
+                        N, T, D, n_functions, n_sizes, hash_vocab,
+                        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BYTE_GRAD: tl.constexpr, HASH_GRAD: tl.constexpr):
+    # fmt: on
+    rows, cols, rmask, mask, t, ids = _byte_block(ids_ptr, N, T, D, BLOCK_T, BLOCK_D)
     g = tl.load(grad_ptr + rows[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if BYTE_GRAD:
         tl.atomic_add(grad_byte_ptr + ids[:, None] * D + cols[None, :], g, mask=mask)
     if HASH_GRAD:
-        for f in range(n_functions):
-            prime = tl.load(primes_ptr + f)
-            h = tl.zeros([BLOCK_T], dtype=tl.int64)
-            for n in range(1, MAX_N + 1):
-                h = _rolled_row(ids_ptr, rows, t, rmask, h, prime, n)
-                for s in range(n_sizes):
-                    if tl.load(sizes_ptr + s) == n:
-                        row = _floor_mod(h, hash_vocab) + (f * n_sizes + s) * hash_vocab
-                        tl.atomic_add(grad_hash_ptr + row[:, None] * D + cols[None, :], g, mask=mask)
+        for k in range(n_functions * n_sizes):
+            row = _hash_row(ids_ptr, primes_ptr, sizes_ptr, rows, t, rmask, k, n_sizes, hash_vocab)
+            tl.atomic_add(grad_hash_ptr + row[:, None] * D + cols[None, :], g, mask=mask)
 
 
 def _launch_shape(N: int, D: int) -> tuple[tuple[int, int], int, int]:
@@ -126,27 +99,14 @@ class _TritonHashEmbedding(torch.autograd.Function):
         )
         sizes = torch.tensor(list(ngram_sizes) or [0], dtype=torch.long, device=device)
         spec = (n_functions if ngram_sizes else 0, len(ngram_sizes), hash_vocab)
-        max_n = max(ngram_sizes, default=1)
         dtype = torch.promote_types(byte_weight.dtype, hash_weight.dtype)
         out = torch.empty(B, T, D, dtype=dtype, device=device)
         grid, block_t, block_d = _launch_shape(B * T, D)
-        _hash_embedding_fwd[grid](
-            ids,
-            byte_weight.contiguous(),
-            hash_weight.contiguous(),
-            primes,
-            sizes,
-            out,
-            B * T,
-            T,
-            D,
-            *spec,
-            MAX_N=max_n,
-            BLOCK_T=block_t,
-            BLOCK_D=block_d,
-        )
+        w = (byte_weight.contiguous(), hash_weight.contiguous())
+        sizes_spec = (B * T, T, D, *spec)
+        _hash_embedding_fwd[grid](ids, *w, primes, sizes, out, *sizes_spec, BLOCK_T=block_t, BLOCK_D=block_d)
         ctx.save_for_backward(ids, primes, sizes)
-        ctx.spec, ctx.max_n = spec, max_n
+        ctx.spec = spec
         ctx.weights = (byte_weight.shape, byte_weight.dtype, hash_weight.shape, hash_weight.dtype)
         return out
 
@@ -161,23 +121,11 @@ class _TritonHashEmbedding(torch.autograd.Function):
         grad_byte = torch.zeros(byte_shape if need_byte else (1,), dtype=torch.float32, device=ids.device)
         grad_hash = torch.zeros(hash_shape if need_hash else (1,), dtype=torch.float32, device=ids.device)
         grid, block_t, block_d = _launch_shape(B * T, D)
+        grads = (grad.contiguous(), grad_byte, grad_hash)
         _hash_embedding_bwd[grid](
-            ids,
-            grad.contiguous(),
-            grad_byte,
-            grad_hash,
-            primes,
-            sizes,
-            B * T,
-            T,
-            D,
-            *ctx.spec,
-            MAX_N=ctx.max_n,
-            BLOCK_T=block_t,
-            BLOCK_D=block_d,
-            BYTE_GRAD=need_byte,
-            HASH_GRAD=need_hash,
-        )
+            ids, *grads, primes, sizes, B * T, T, D, *ctx.spec,
+            BLOCK_T=block_t, BLOCK_D=block_d, BYTE_GRAD=need_byte, HASH_GRAD=need_hash,
+        )  # fmt: skip
         return (
             None,
             grad_byte.to(byte_dtype) if need_byte else None,

@@ -25,21 +25,11 @@ def _patch_bytes(order_ptr, h_ptr, b, T, D, start, i, count, cols, cmask, other,
     return pos, mask, x
 
 
+# fmt: off
 @triton.jit
-def _pool_fwd(
-    h_ptr,
-    order_ptr,
-    starts_ptr,
-    counts_ptr,
-    out_ptr,
-    ties_ptr,
-    T,
-    P,
-    D,
-    IS_MAX: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
+def _pool_fwd(h_ptr, order_ptr, starts_ptr, counts_ptr, out_ptr, ties_ptr, T, P, D,
+              IS_MAX: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    # fmt: on
     bp = tl.program_id(0)  # b * P + p
     b = bp // P
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -67,23 +57,11 @@ def _pool_fwd(
     tl.store(out_ptr + bp * D + cols, acc.to(out_ptr.dtype.element_ty), mask=cmask)
 
 
+# fmt: off
 @triton.jit
-def _pool_bwd(
-    h_ptr,
-    out_ptr,
-    ties_ptr,
-    grad_out_ptr,
-    order_ptr,
-    starts_ptr,
-    counts_ptr,
-    grad_h_ptr,
-    T,
-    P,
-    D,
-    IS_MAX: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
+def _pool_bwd(h_ptr, out_ptr, ties_ptr, grad_out_ptr, order_ptr, starts_ptr, counts_ptr, grad_h_ptr, T, P, D,
+              IS_MAX: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    # fmt: on
     bp = tl.program_id(0)
     b = bp // P
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -108,35 +86,25 @@ def _pool_bwd(
         )
 
 
-def _launch(B: int, P: int, D: int) -> tuple[tuple[int, int], int, int]:
+def _launch(B: int, P: int, D: int) -> tuple[tuple[int, int], dict[str, int]]:
+    """Grid (one program per patch and column block) and block sizes."""
     block_d = min(128, triton.next_power_of_2(D))
-    return (B * P, triton.cdiv(D, block_d)), 32, block_d
+    return (B * P, triton.cdiv(D, block_d)), {"BLOCK_L": 32, "BLOCK_D": block_d}
 
 
 class _TritonPatchPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, patch_ids, num_patches, mode):
         B, T, D = h.shape
+        ctx.mode = mode
         h = h.contiguous()
         layout = patch_layout(patch_ids, num_patches)
         out = torch.empty(B, num_patches, D, dtype=h.dtype, device=h.device)
         ties = torch.empty(B, num_patches, D, dtype=torch.float32, device=h.device) if mode == "max" else out
-        grid, block_l, block_d = _launch(B, num_patches, D)
+        grid, blocks = _launch(B, num_patches, D)
         if B * num_patches:
-            _pool_fwd[grid](
-                h,
-                *layout,
-                out,
-                ties,
-                T,
-                num_patches,
-                D,
-                IS_MAX=mode == "max",
-                BLOCK_L=block_l,
-                BLOCK_D=block_d,
-            )
+            _pool_fwd[grid](h, *layout, out, ties, T, num_patches, D, IS_MAX=mode == "max", **blocks)
         ctx.save_for_backward(h, out, ties, *layout)
-        ctx.mode = mode
         return out
 
     @staticmethod
@@ -145,22 +113,10 @@ class _TritonPatchPool(torch.autograd.Function):
         B, T, D = h.shape
         P = out.shape[1]
         grad_h = torch.zeros_like(h)
-        grid, block_l, block_d = _launch(B, P, D)
+        grid, blocks = _launch(B, P, D)
         if B * P:
-            _pool_bwd[grid](
-                h,
-                out,
-                ties,
-                grad_out.contiguous(),
-                *layout,
-                grad_h,
-                T,
-                P,
-                D,
-                IS_MAX=ctx.mode == "max",
-                BLOCK_L=block_l,
-                BLOCK_D=block_d,
-            )
+            grads = (grad_out.contiguous(), *layout, grad_h)
+            _pool_bwd[grid](h, out, ties, *grads, T, P, D, IS_MAX=ctx.mode == "max", **blocks)
         return grad_h, None, None, None
 
 

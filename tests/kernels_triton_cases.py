@@ -86,6 +86,18 @@ def model_logits_and_grads(model: BLT, ids, lengths):
     return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
+def assert_model_unchanged(monkeypatch, impl: str, model: BLT, ids, lengths):
+    """The model's logits and gradients with BLT_KERNELS=impl match those of the plain references."""
+    monkeypatch.setenv("BLT_KERNELS", "reference")
+    ref_logits, ref_grads = model_logits_and_grads(model, ids, lengths)
+    monkeypatch.setenv("BLT_KERNELS", impl)
+    logits, grads_ = model_logits_and_grads(model, ids, lengths)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    assert len(grads_) == len(ref_grads)
+    for g, r in zip(grads_, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+
+
 @needs_interpreter
 @pytest.mark.parametrize("sizes,n_functions,T", [([3, 4, 5], 1, 21), ([4, 1, 4, 7], 2, 21), ([6, 8], 1, 3)])
 def test_hash_embedding(sizes, n_functions, T):
@@ -183,14 +195,7 @@ def test_unsupported_dtype_falls_back_with_one_warning():
 @needs_interpreter
 def test_blt_forward_and_backward_unchanged_with_triton(monkeypatch):
     model, ids, lengths = tiny_blt(cross_all=True)
-    monkeypatch.setenv("BLT_KERNELS", "reference")
-    ref_logits, ref_grads = model_logits_and_grads(model, ids, lengths)
-    monkeypatch.setenv("BLT_KERNELS", "triton")
-    logits, grads_ = model_logits_and_grads(model, ids, lengths)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
-    assert len(grads_) == len(ref_grads)
-    for g, r in zip(grads_, ref_grads):
-        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+    assert_model_unchanged(monkeypatch, "triton", model, ids, lengths)
 
 
 @needs_interpreter

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from tiny_blt import SHAPE, tiny_shape
 from transformers import BltConfig, BltForCausalLM
 
 # what the released config.json carries besides the shape: the loader must ignore all of it
@@ -82,42 +83,31 @@ IGNORED_ARGS = {
 
 
 def original_args(
-    enc=32,
-    glob=64,
-    k=2,
-    enc_layers=1,
-    dec_layers=2,
-    all_enc=False,
-    all_dec=True,
-    window=8,
-    kv_global=None,
-    sizes=(3, 4, 5),
-    functions=1,
-    multiplier=1.0,
-    theta=10000.0,
-    **overrides,
+    kv_global=None, sizes=(3, 4, 5), functions=1, multiplier=1.0, theta=10000.0, **overrides
 ) -> dict:
+    """The original args of a tiny BLT: ``overrides`` are tiny_blt.SHAPE keys or raw args fields."""
+    s = tiny_shape(**{key: overrides.pop(key) for key in SHAPE if key in overrides})
     args = dict(
         IGNORED_ARGS,
         vocab_size=260,
-        dim_local_encoder=enc,
-        n_layers_local_encoder=enc_layers,
+        dim_local_encoder=s.enc,
+        n_layers_local_encoder=s.enc_layers,
         n_heads_local_encoder=2,
-        dim_global=glob,
+        dim_global=s.glob,
         n_layers_global=1,
         n_heads_global=2,
         n_kv_heads=None,
         n_kv_heads_global=kv_global,
-        dim_local_decoder=enc,
-        n_layers_local_decoder=dec_layers,
+        dim_local_decoder=s.enc,
+        n_layers_local_decoder=s.dec_layers,
         n_heads_local_decoder=2,
         cross_attn_encoder=True,
         cross_attn_decoder=True,
         cross_attn_init_by_pooling=True,
-        cross_attn_k=k,
+        cross_attn_k=s.k,
         cross_attn_nheads=2,
-        cross_attn_all_layers_encoder=all_enc,
-        cross_attn_all_layers_decoder=all_dec,
+        cross_attn_all_layers_encoder=s.all_enc,
+        cross_attn_all_layers_decoder=s.all_dec,
         encoder_hash_byte_group_size=list(sizes),
         encoder_hash_byte_group_vocab=97,
         encoder_hash_byte_group_nb_functions=functions,
@@ -133,7 +123,7 @@ def original_args(
         dropout=0.0,
         max_seqlen=128,
         max_encoder_seq_length=512,
-        local_attention_window_len=window,
+        local_attention_window_len=s.window,
         patch_in_forward=True,
     )
     args.update(overrides)
@@ -184,6 +174,18 @@ def _cross(prefix: str, dim: int) -> dict[str, tuple]:
     }
 
 
+def _local_shapes(a: dict, side: str) -> dict[str, tuple]:
+    """The layers and cross-attentions of the local ``side`` ("encoder" or "decoder"): both are E wide."""
+    E, heads, n = a["dim_local_encoder"], a[f"n_heads_local_{side}"], a[f"n_layers_local_{side}"]
+    width = ffn(E, a["multiple_of"], a["ffn_dim_multiplier"])
+    shapes = {}
+    for i in range(n):
+        shapes |= _block(f"local_{side}.layers.{i}", E, heads, heads, width)
+    for i in range(n if a[f"cross_attn_all_layers_{side}"] else 1):
+        shapes |= _cross(f"local_{side}.cross_attn_layers.{i}", E)
+    return shapes
+
+
 def blt_shapes(a: dict) -> dict[str, tuple]:
     """Every tensor of the original ByteLatentTransformer for args ``a``."""
     E, G, k, V = a["dim_local_encoder"], a["dim_global"], a["cross_attn_k"], a["vocab_size"]
@@ -192,31 +194,13 @@ def blt_shapes(a: dict) -> dict[str, tuple]:
         "local_encoder.tok_embeddings.weight": (V, E),
         "local_encoder.patch_embedding_projection.weight": (E * k, E),
     }
-    for i in range(a["n_layers_local_encoder"]):
-        shapes |= _block(
-            f"local_encoder.layers.{i}",
-            E,
-            a["n_heads_local_encoder"],
-            a["n_heads_local_encoder"],
-            ffn(E, mo, mult),
-        )
-    for i in range(a["n_layers_local_encoder"] if a["cross_attn_all_layers_encoder"] else 1):
-        shapes |= _cross(f"local_encoder.cross_attn_layers.{i}", E)
+    shapes |= _local_shapes(a, "encoder")
     kv_g = a["n_kv_heads_global"] or a["n_heads_global"]
     for i in range(a["n_layers_global"]):
         shapes |= _block(f"global_transformer.layers.{i}", G, a["n_heads_global"], kv_g, ffn(G, mo, mult))
     if E * k != G:
         shapes["global_transformer.token_embedding_projection.weight"] = (G, E * k)
-    for i in range(a["n_layers_local_decoder"]):
-        shapes |= _block(
-            f"local_decoder.layers.{i}",
-            E,
-            a["n_heads_local_decoder"],
-            a["n_heads_local_decoder"],
-            ffn(E, mo, mult),
-        )
-    for i in range(a["n_layers_local_decoder"] if a["cross_attn_all_layers_decoder"] else 1):
-        shapes |= _cross(f"local_decoder.cross_attn_layers.{i}", E)
+    shapes |= _local_shapes(a, "decoder")
     shapes |= {"local_decoder.patch_embedding_projection.weight": (E * k, G), "local_decoder.norm.weight": (E,),
                "local_decoder.output.weight": (V, E)}  # fmt: skip
     for i in range(a["encoder_hash_byte_group_nb_functions"] * len(a["encoder_hash_byte_group_size"])):

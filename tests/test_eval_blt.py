@@ -6,16 +6,10 @@ import math
 
 import pytest
 import torch
+from tiny_blt import blt_config
 
 from blt import cli
-from blt.config import (
-    BLTConfig,
-    EntropyModelConfig,
-    LocalDecoderConfig,
-    LocalEncoderConfig,
-    PatchingConfig,
-    TransformerConfig,
-)
+from blt.config import PatchingConfig
 from blt.data import DataConfig, iter_documents
 from blt.eval.cli import main, parse_args, patching_override
 from blt.eval.loading import load_model
@@ -25,11 +19,11 @@ SMALL = {"dim": 32, "n_layers": 1, "n_heads": 2, "window": 32, "max_seq_len": 40
 
 
 def tiny_blt_config(**patching):
-    return BLTConfig(
-        encoder=LocalEncoderConfig(**SMALL, hash_ngram_sizes=[3, 4], hash_vocab=64),
-        global_transformer=TransformerConfig(dim=64, n_layers=1, n_heads=2, max_seq_len=4096),
-        decoder=LocalDecoderConfig(**SMALL),
-        entropy_model=EntropyModelConfig(**SMALL),
+    return blt_config(
+        encoder={**SMALL, "hash_ngram_sizes": [3, 4], "hash_vocab": 64},
+        global_transformer={"dim": 64, "n_layers": 1, "n_heads": 2, "max_seq_len": 4096},
+        decoder=SMALL,
+        entropy_model=SMALL,
         patching={"scheme": "entropy", "threshold": 5.11, **patching},
     )
 

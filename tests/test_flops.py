@@ -8,17 +8,11 @@ import torch
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_blt import blt_config
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from blt import cli
-from blt.config import (
-    BLTConfig,
-    EntropyModelConfig,
-    LocalDecoderConfig,
-    LocalEncoderConfig,
-    PatchingConfig,
-    TransformerConfig,
-)
+from blt.config import BLTConfig, EntropyModelConfig, PatchingConfig, TransformerConfig
 from blt.eval.flops import (
     attended_context,
     blt_flops_per_byte,
@@ -204,20 +198,12 @@ def tiny_tokenizer():
 def test_blt_agrees_with_flop_counter(decoder_all_layers):
     torch.manual_seed(0)
     k = 2
-    config = BLTConfig(
+    local = {"dim": 32, "n_heads": 2, "window": 16, "max_seq_len": 128}
+    config = blt_config(
         cross_attn_k=k,
-        encoder=LocalEncoderConfig(
-            dim=32, n_layers=1, n_heads=2, window=16, max_seq_len=128, hash_ngram_sizes=[3, 4], hash_vocab=97
-        ),
-        global_transformer=TransformerConfig(dim=96, n_layers=2, n_heads=4, max_seq_len=64),
-        decoder=LocalDecoderConfig(
-            dim=32,
-            n_layers=2,
-            n_heads=2,
-            window=16,
-            max_seq_len=128,
-            cross_attn_all_layers=decoder_all_layers,
-        ),
+        encoder={**local, "n_layers": 1, "hash_ngram_sizes": [3, 4], "hash_vocab": 97},
+        global_transformer={"dim": 96, "n_layers": 2, "n_heads": 4, "max_seq_len": 64},
+        decoder={**local, "n_layers": 2, "cross_attn_all_layers": decoder_all_layers},
     )
     model = BLT(config).eval()
     T, P = 64, 16  # 16 patches of 4 bytes

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny_blt import median_gap, random_ids, tiny_blt
+from tiny_blt import median_gap, random_ids, tiny_blt, tiny_shape
 from transformers import BltConfig, BltForCausalLM
 
 from blt.checkpoint import CheckpointError
@@ -27,43 +27,32 @@ SHAPES = [
 ]
 
 
-def hf_blt(
-    seed=0,
-    enc=32,
-    glob=64,
-    k=2,
-    enc_layers=1,
-    dec_layers=2,
-    all_enc=False,
-    all_dec=True,
-    window=8,
-    kv=None,
-    sizes=None,
-    attn="eager",
-):
+def hf_blt(seed=0, kv=None, sizes=None, attn="eager", **shape):
+    """A random tiny transformers BLT of tiny_blt.SHAPE with the ``shape`` values given."""
+    s = tiny_shape(**shape)
     torch.manual_seed(seed)
     config = BltConfig(
         encoder_config={
-            "hidden_size": enc,
+            "hidden_size": s.enc,
             "num_attention_heads": 2,
-            "num_hidden_layers": enc_layers,
+            "num_hidden_layers": s.enc_layers,
             "num_key_value_heads": kv,
-            "cross_attn_all_layers": all_enc,
-            "cross_attn_k": k,
-            "hidden_size_global": glob,
+            "cross_attn_all_layers": s.all_enc,
+            "cross_attn_k": s.k,
+            "hidden_size_global": s.glob,
         },
         decoder_config={
-            "hidden_size": enc,
+            "hidden_size": s.enc,
             "num_attention_heads": 2,
-            "num_hidden_layers": dec_layers,
+            "num_hidden_layers": s.dec_layers,
             "intermediate_size": 48,
-            "cross_attn_all_layers": all_dec,
-            "cross_attn_k": k,
-            "hidden_size_global": glob,
+            "cross_attn_all_layers": s.all_dec,
+            "cross_attn_k": s.k,
+            "hidden_size_global": s.glob,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000.0},
         },
         global_config={
-            "hidden_size": glob,
+            "hidden_size": s.glob,
             "num_attention_heads": 2,
             "num_hidden_layers": 1,
             "intermediate_size": 96,
@@ -77,8 +66,8 @@ def hf_blt(
         },
         encoder_hash_byte_group_size=sizes,
         encoder_hash_byte_group_vocab=97,
-        cross_attn_k=k,
-        local_attention_window_len=window,
+        cross_attn_k=s.k,
+        local_attention_window_len=s.window,
         use_cache=False,
     )
     config._attn_implementation = attn

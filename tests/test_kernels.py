@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernels_triton_cases import assert_same, grads, leaf, model_logits_and_grads, patch_ids_case, tiny_blt
+from kernels_triton_cases import assert_model_unchanged, assert_same, grads, leaf, patch_ids_case, tiny_blt
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -93,6 +93,7 @@ def test_hash_embedding_bad_inputs():
 # patch cross-attention (the PyTorch paths are segment operations, the references dense masks)
 
 
+@pytest.mark.parametrize("name", ["patch_query_attention", "byte_query_attention"])
 @SETTINGS
 @given(
     seed=st.integers(0, 10_000),
@@ -102,39 +103,15 @@ def test_hash_embedding_bad_inputs():
     k_rep=st.integers(1, 3),
     orphans=st.integers(0, 2),
 )
-def test_patch_query_attention_torch_path(seed, B, T, max_len, k_rep, orphans):
+def test_cross_attention_torch_path(name, seed, B, T, max_len, k_rep, orphans):
     patch_ids, P = patch_ids_case(seed, B, T, min(max_len, T - 1), orphans=orphans)
     H, Dh = 2, 6
-    q, k, v = (
-        leaf(B, H, P * k_rep, Dh, seed=seed),
-        leaf(B, H, T, Dh, seed=seed + 1),
-        leaf(B, H, T, Dh, seed=seed + 2),
-    )
-    ref = patch_ops.patch_query_attention(q, k, v, patch_ids, k_rep)
-    out = kernels.patch_query_attention(q, k, v, patch_ids, k_rep)
-    assert_same(out, ref)
-    assert_same(grads(out, (q, k, v)), grads(ref, (q, k, v)))
-
-
-@SETTINGS
-@given(
-    seed=st.integers(0, 10_000),
-    B=st.integers(1, 3),
-    T=st.integers(3, 40),
-    max_len=st.integers(1, 12),
-    k_rep=st.integers(1, 3),
-    orphans=st.integers(0, 2),
-)
-def test_byte_query_attention_torch_path(seed, B, T, max_len, k_rep, orphans):
-    patch_ids, P = patch_ids_case(seed, B, T, min(max_len, T - 1), orphans=orphans)
-    H, Dh = 2, 6
-    q, k, v = (
-        leaf(B, H, T, Dh, seed=seed),
-        leaf(B, H, P * k_rep, Dh, seed=seed + 1),
-        leaf(B, H, P * k_rep, Dh, seed=seed + 2),
-    )
-    ref = patch_ops.byte_query_attention(q, k, v, patch_ids, k_rep)
-    out = kernels.byte_query_attention(q, k, v, patch_ids, k_rep)
+    # the encoder's k_rep rows per patch query the bytes; the decoder's bytes query those rows
+    q_rows, kv_rows = (P * k_rep, T) if name == "patch_query_attention" else (T, P * k_rep)
+    q = leaf(B, H, q_rows, Dh, seed=seed)
+    k, v = (leaf(B, H, kv_rows, Dh, seed=seed + i) for i in (1, 2))
+    ref = getattr(patch_ops, name)(q, k, v, patch_ids, k_rep)
+    out = getattr(kernels, name)(q, k, v, patch_ids, k_rep)
     assert_same(out, ref)
     assert_same(grads(out, (q, k, v)), grads(ref, (q, k, v)))
 
@@ -276,14 +253,7 @@ def test_blt_forward_unchanged_with_kernels(monkeypatch, cross_all, entropy_patc
         model, lengths = BLT(config), None
         config.patching.threshold = float(model.patcher.entropies(ids).median())
         assert model(ids).patch_lengths.shape[1] < ids.shape[1] - 5  # real patches, not one byte each
-    monkeypatch.setenv("BLT_KERNELS", "reference")
-    ref_logits, ref_grads = model_logits_and_grads(model, ids, lengths)
-    monkeypatch.setenv("BLT_KERNELS", "torch")
-    logits, grads_ = model_logits_and_grads(model, ids, lengths)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
-    assert len(grads_) == len(ref_grads)
-    for g, r in zip(grads_, ref_grads):
-        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+    assert_model_unchanged(monkeypatch, "torch", model, ids, lengths)
 
 
 # ----------------------------------------------------------------------------------------------------------

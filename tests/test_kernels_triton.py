@@ -38,11 +38,11 @@ def test_triton_kernels_match_references_in_the_interpreter(tmp_path):
 
 # every kernel with the constexpr values it is launched with; pointers to ids and layouts are int64
 KERNELS = [
-    ("hash_embedding_triton", "_hash_embedding_fwd", {"MAX_N": 8, "BLOCK_T": 32, "BLOCK_D": 128}),
+    ("hash_embedding_triton", "_hash_embedding_fwd", {"BLOCK_T": 32, "BLOCK_D": 128}),
     (
         "hash_embedding_triton",
         "_hash_embedding_bwd",
-        {"MAX_N": 8, "BLOCK_T": 32, "BLOCK_D": 128, "BYTE_GRAD": True, "HASH_GRAD": True},
+        {"BLOCK_T": 32, "BLOCK_D": 128, "BYTE_GRAD": True, "HASH_GRAD": True},
     ),
     ("pooling_triton", "_pool_fwd", {"IS_MAX": True, "BLOCK_L": 32, "BLOCK_D": 128}),
     ("pooling_triton", "_pool_fwd", {"IS_MAX": False, "BLOCK_L": 32, "BLOCK_D": 128}),

@@ -118,30 +118,55 @@ def test_clear_errors(argv, message, tmp_path, capsys):
     assert message in error(capsys, [paths.get(a, a) for a in argv])
 
 
-def test_review_fixes(tmp_path, capsys):
-    # a picture into a missing directory fails up front with a message, not a traceback after the work
-    assert "--html: directory" in error(capsys, ["--text", "abc", "--patching.scheme", "byte", "--html", str(tmp_path / "no" / "p.html")])
-    assert "--png: directory" in error(capsys, ["--text", "abc", "--patching.scheme", "byte", "--png", str(tmp_path / "no" / "p.png")])
-    assert "Is a directory" in error(capsys, ["--text", "abc", "--patching.scheme", "byte", "--html", str(tmp_path)])
-    # a blt section that is no mapping, or none at all, is refused instead of silently using the default BLT
+BYTE_TEXT = ["--text", "abc", "--patching.scheme", "byte"]
+
+
+@pytest.mark.parametrize(
+    "where,expected",
+    [("no/p.html", "--html: directory"), ("no/p.png", "--png: directory"), ("", "Is a directory")],
+)
+def test_a_picture_path_that_cannot_be_written_fails_up_front(tmp_path, capsys, where, expected):
+    # a message before the work, not a traceback after it
+    flag = "--png" if where.endswith(".png") else "--html"
+    assert expected in error(capsys, [*BYTE_TEXT, flag, str(tmp_path / where)])
+
+
+@pytest.mark.parametrize(
+    "yaml,expected",
+    [
+        ("blt: 3\n", "blt: expected a mapping"),
+        ("{}\n", "needs the BLT's shape"),
+        ("blt:\n  encoder:\n    widht: 3\n", "encoder.widht"),
+    ],
+)
+def test_a_blt_section_that_is_no_mapping_none_or_misspelt_is_refused(tmp_path, capsys, yaml, expected):
+    # refused instead of silently using the default BLT
     model = saved_model(tmp_path / "em")
+    (tmp_path / "c.yaml").write_text(yaml)
     args = ["--text", "abc", "--model", model, "--target_global_share", "0.5", "--config", str(tmp_path / "c.yaml")]
-    (tmp_path / "c.yaml").write_text("blt: 3\n")
-    assert "blt: expected a mapping" in error(capsys, args)
-    (tmp_path / "c.yaml").write_text("{}\n")
-    assert "needs the BLT's shape" in error(capsys, args)
-    (tmp_path / "c.yaml").write_text("blt:\n  encoder:\n    widht: 3\n")
-    assert "encoder.widht" in error(capsys, args)
+    assert expected in error(capsys, args)
+
+
+@pytest.mark.parametrize("blt", [["--config", str(CONFIGS / "tiny.yaml")], ["--blt.cross_attn_k", "4"]])
+def test_a_blt_section_without_target_global_share_is_refused(capsys, blt):
     # the BLT is only read for --target_global_share: a blt section without it is a mistake
-    for blt in (["--config", str(CONFIGS / "tiny.yaml")], ["--blt.cross_attn_k", "4"]):
-        assert "only read with --target_global_share" in error(capsys, ["--text", "abc", "--patching.scheme", "byte", *blt])
-    assert "needs --model" in error(capsys, ["--text", "abc", "--patching.scheme", "byte", "--chunk_size", "8"])
-    # non-UTF-8 bytes reach argv as surrogates (os.fsdecode): patched as the raw bytes
-    assert main(["--text", "a\udcffb", "--patching.scheme", "byte"]) == 0
-    assert "bytes                       3" in capsys.readouterr().out
-    # a text or file name that reads as YAML stays the string it is
-    assert main(["--text", "null", "--patching.scheme", "byte"]) == 0
-    assert "bytes                       4" in capsys.readouterr().out
+    assert "only read with --target_global_share" in error(capsys, [*BYTE_TEXT, *blt])
+
+
+def test_chunk_size_needs_a_model(capsys):
+    assert "needs --model" in error(capsys, [*BYTE_TEXT, "--chunk_size", "8"])
+
+
+@pytest.mark.parametrize(
+    "text,n_bytes",
+    [
+        ("a\udcffb", 3),  # non-UTF-8 bytes reach argv as surrogates (os.fsdecode): patched as the raw bytes
+        ("null", 4),  # a text that reads as YAML stays the string it is
+    ],
+)
+def test_text_is_patched_as_the_bytes_given(capsys, text, n_bytes):
+    assert main(["--text", text, "--patching.scheme", "byte"]) == 0
+    assert f"bytes                       {n_bytes}" in capsys.readouterr().out
 
 
 def test_byte_labels_keep_one_label_per_byte():

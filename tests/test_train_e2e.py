@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_train import REPO, tiny_flags
 
 from blt.baseline import BaselineLM
 from blt.model import BLT
@@ -19,18 +20,10 @@ from blt.patcher import EntropyModel
 from blt.training.cli import main
 from blt.training.config import MODELS, READS
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "--data.seq_len", "32", "--data.batch_size", "4", "--data.val_fraction", "0.2",
-    "--entropy.dim", "32", "--entropy.n_layers", "1", "--entropy.n_heads", "2", "--entropy.window", "16",
-    "--blt.encoder.dim", "32", "--blt.encoder.n_heads", "2", "--blt.encoder.hash_vocab", "64",
-    "--blt.encoder.hash_ngram_sizes", "[3, 4]", "--blt.global_transformer.dim", "64",
-    "--blt.global_transformer.n_layers", "1", "--blt.global_transformer.n_heads", "2",
-    "--blt.decoder.dim", "32", "--blt.decoder.n_layers", "1", "--blt.decoder.n_heads", "2",
+    *tiny_flags(global_dim=64, val_batches=2),
     "--baseline.dim", "32", "--baseline.n_layers", "1", "--baseline.n_heads", "2", "--baseline.vocab_size", "400",
     "--baseline.tokenizer.max_bytes", "20000",
-    "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-    "--run.target_patch_size", "3",
 ]  # fmt: skip
 SUMMARY_KEYS = {
     "kind",

@@ -16,20 +16,14 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from tiny_train import REPO, tiny_flags
 
 from blt.training.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = [
-    "--data.seq_len", "32", "--data.batch_size", "4", "--data.val_fraction", "0.2",
-    "--entropy.dim", "32", "--entropy.n_layers", "1", "--entropy.n_heads", "2", "--entropy.window", "16",
-    "--blt.encoder.dim", "32", "--blt.encoder.n_heads", "2", "--blt.encoder.hash_vocab", "64",
-    "--blt.encoder.hash_ngram_sizes", "[3, 4]", "--blt.global_transformer.dim", "32",
-    "--blt.global_transformer.n_layers", "1", "--blt.global_transformer.n_heads", "2",
-    "--blt.decoder.dim", "32", "--blt.decoder.n_layers", "1", "--blt.decoder.n_heads", "2",
-    "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+    *tiny_flags(global_dim=32, val_batches=1),
     "--trainer.max_steps", "4", "--trainer.val_check_interval", "3", "--run.checkpoint_every", "2",
-    "--run.target_patch_size", "3", "--run.sample_bytes", "0", "--run.name", "run",
+    "--run.sample_bytes", "0", "--run.name", "run",
 ]  # fmt: skip
 TIMING = ("bytes_per_s", "mfu")  # wall-clock metrics: no two runs share them
 STAGES = ("", "entropy")  # the BLT run directory and its entropy stage

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from blt.config import (
@@ -11,8 +13,25 @@ from blt.config import (
     LocalEncoderConfig,
     PatchingConfig,
     TransformerConfig,
+    from_dict,
 )
 from blt.model import BLT
+
+# the tiny shape the transformers (test_hf) and original-release (original_blt) checkpoints default to:
+# encoder/decoder width, global width, cross_attn_k, layers, all-layer cross-attentions, local window
+SHAPE = dict(enc=32, glob=64, k=2, enc_layers=1, dec_layers=2, all_enc=False, all_dec=True, window=8)
+
+
+def tiny_shape(**given) -> SimpleNamespace:
+    """SHAPE with the ``given`` values; a key SHAPE lacks is a mistake."""
+    assert set(given) <= set(SHAPE), sorted(set(given) - set(SHAPE))
+    return SimpleNamespace(**(SHAPE | given))
+
+
+def blt_config(**sections) -> BLTConfig:
+    """A BLTConfig from plain dicts of its sections, as a config file gives them: a test names only the
+    sizes it is about, and needs no import of each section's class."""
+    return from_dict(BLTConfig, sections)
 
 
 def tiny_config(

@@ -100,12 +100,18 @@ def read_config(directory: str | Path) -> dict[str, Any]:
             f"no {CONFIG_NAME} in checkpoint directory {directory} (nor in {directory / RUN_MODEL}, "
             "as in a training run directory)"
         )
+    return read_json_object(path)
+
+
+def read_json_object(path: Path, error: type[ValueError] = CheckpointError) -> dict[str, Any]:
+    """The JSON object in ``path``; bad JSON, or a value other than an object, raises ``error`` naming
+    the file (checkpoints raise CheckpointError, run directories a plain ValueError)."""
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+        raise error(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+        raise error(f"{path} must hold a JSON object, not {type(data).__name__}")
     return data
 
 

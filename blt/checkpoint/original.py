@@ -41,16 +41,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from blt import config as cfg  # cfg.X: our config classes, beside the original release's "args"
 from blt.checkpoint.files import CheckpointError, read_pickle
-from blt.config import (
-    BLTConfig,
-    ConfigError,
-    EntropyModelConfig,
-    LocalDecoderConfig,
-    LocalEncoderConfig,
-    PatchingConfig,
-    TransformerConfig,
-)
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -180,12 +172,12 @@ def kind(config: dict[str, Any]) -> str | None:
 # reading: directory -> (our config, state dict under our names)
 
 
-def read_blt_config(directory: str | Path, data: dict | None = None) -> BLTConfig:
+def read_blt_config(directory: str | Path, data: dict | None = None) -> cfg.BLTConfig:
     """Our config of an original BLT directory (``data``: its config.json, read again when not given)."""
     return _blt_config(Path(directory))[0]
 
 
-def _blt_config(directory: Path) -> tuple[BLTConfig, dict]:
+def _blt_config(directory: Path) -> tuple[cfg.BLTConfig, dict]:
     args = read_json(directory / CONFIG)["args"]
     params = entropy_params(directory / ENTROPY_DIR) if (directory / ENTROPY_DIR).is_dir() else None
     entropy = entropy_config(params["entropy_model"], directory / ENTROPY_DIR / PARAMS) if params else None
@@ -220,7 +212,7 @@ def _entropy_files(directory: Path) -> tuple[dict, Path, Path]:
     return entropy_params(folder)["entropy_model"], folder / PARAMS, folder / PICKLE
 
 
-def read_entropy_config(directory: str | Path, data: dict | None = None) -> EntropyModelConfig:
+def read_entropy_config(directory: str | Path, data: dict | None = None) -> cfg.EntropyModelConfig:
     """Our config of an original entropy model: a BLT directory's ``entropy_model/``, such a folder alone, or
     ``config.json`` with LMTransformerArgs (+ ``model.safetensors``)."""
     args, where, _ = _entropy_files(Path(directory))
@@ -369,8 +361,8 @@ def _stack(args: Fields, name: str, window: int | None, max_seq_len: int) -> dic
 
 
 def blt_config(
-    args: dict, patching: PatchingConfig, entropy: EntropyModelConfig | None, where: Path
-) -> BLTConfig:
+    args: dict, patching: cfg.PatchingConfig, entropy: cfg.EntropyModelConfig | None, where: Path
+) -> cfg.BLTConfig:
     """Our BLTConfig from the original ``args`` (``where`` names the file in errors)."""
     fields = Fields(args, where, "args.")
     check_implemented(fields)
@@ -386,31 +378,31 @@ def blt_config(
     if isinstance(sizes, str):  # the original accepts "3,4,5" too
         sizes = [int(s) for s in sizes.split(",") if s]
     try:
-        return BLTConfig(
+        return cfg.BLTConfig(
             vocab_size=fields.int("vocab_size"),
             cross_attn_k=fields.int("cross_attn_k"),
-            encoder=LocalEncoderConfig(
+            encoder=cfg.LocalEncoderConfig(
                 **_stack(fields, "local_encoder", window, local_len),
                 cross_attn_all_layers=bool(args.get("cross_attn_all_layers_encoder", False)),
                 hash_ngram_sizes=list(sizes or []),
                 hash_vocab=fields.int("encoder_hash_byte_group_vocab", 30000),
                 hash_functions=fields.int("encoder_hash_byte_group_nb_functions", 3),
             ),
-            global_transformer=TransformerConfig(
+            global_transformer=cfg.TransformerConfig(
                 **_stack(fields, "global", None, fields.int("max_seqlen", 1024))
             ),
-            decoder=LocalDecoderConfig(
+            decoder=cfg.LocalDecoderConfig(
                 **_stack(fields, "local_decoder", window, local_len),
                 cross_attn_all_layers=bool(args.get("cross_attn_all_layers_decoder", False)),
             ),
             patching=patching,
             entropy_model=entropy,
         )
-    except (ConfigError, TypeError) as e:
+    except (cfg.ConfigError, TypeError) as e:
         raise CheckpointError(f"{where}: args cannot be converted: {e}") from None
 
 
-def entropy_config(params: dict, where: Path) -> EntropyModelConfig:
+def entropy_config(params: dict, where: Path) -> cfg.EntropyModelConfig:
     """Our EntropyModelConfig from the original entropy model params (LMTransformerArgs)."""
     fields = Fields(params, where, "entropy_model." if where.name == PARAMS else "args.")
     if fields.get("weight_tying", False):
@@ -421,7 +413,7 @@ def entropy_config(params: dict, where: Path) -> EntropyModelConfig:
         raise fields.error("vocab_size", f"is {vocab}; the entropy model predicts the 260 byte ids")
     window = fields.int("sliding_window", optional=True) or ENTROPY_WINDOW
     try:
-        return EntropyModelConfig(
+        return cfg.EntropyModelConfig(
             dim=fields.int("dim"),
             n_layers=fields.int("n_layers"),
             n_heads=fields.int("n_heads"),
@@ -433,11 +425,11 @@ def entropy_config(params: dict, where: Path) -> EntropyModelConfig:
             rope_theta=fields.float("rope_theta", 10000.0),
             vocab_size=vocab,
         )
-    except ConfigError as e:
+    except cfg.ConfigError as e:
         raise CheckpointError(f"{where}: entropy model params cannot be converted: {e}") from None
 
 
-def patching_config(args: dict, where: Path | None) -> PatchingConfig:
+def patching_config(args: dict, where: Path | None) -> cfg.PatchingConfig:
     """Our PatchingConfig from ``data.patcher_args`` (the original PatcherArgs defaults where absent)."""
     fields = Fields(args, where or Path("(original PatcherArgs defaults)"), "data.patcher_args.")
     mode = fields.get("patching_mode", "entropy")
@@ -448,14 +440,14 @@ def patching_config(args: dict, where: Path | None) -> PatchingConfig:
             "monotonicity", "(or threshold_add) is set: only the global entropy threshold is implemented"
         )
     try:
-        return PatchingConfig(
+        return cfg.PatchingConfig(
             scheme="entropy",
             threshold=fields.float("threshold", PATCHER_DEFAULTS["threshold"]),
             # a float in the original (4.5: the mean it aims for); transformers' converter keeps its integer part
             patch_size=int(fields.float("patch_size", PATCHER_DEFAULTS["patch_size"])),
             max_patch_length=fields.int("max_patch_length", optional=True),
         )
-    except ConfigError as e:
+    except cfg.ConfigError as e:
         raise CheckpointError(f"{fields.where}: data.patcher_args cannot be converted: {e}") from None
 
 
@@ -482,7 +474,7 @@ def theirs(name: str) -> str:
     return ".".join(inverse.get(part, part) for part in name.split(".") if part != "transformer")
 
 
-def blt_state(state: dict[str, torch.Tensor], config: BLTConfig, where: Path) -> dict[str, torch.Tensor]:
+def blt_state(state: dict[str, torch.Tensor], config: cfg.BLTConfig, where: Path) -> dict[str, torch.Tensor]:
     """The BLT tensors under our names, the per-table hash embeddings concatenated (ours is one table)."""
     tables, out = {}, {}
     for name, tensor in state.items():
@@ -514,7 +506,7 @@ def blt_state(state: dict[str, torch.Tensor], config: BLTConfig, where: Path) ->
 
 
 def entropy_state(
-    state: dict[str, torch.Tensor], config: EntropyModelConfig, where: Path
+    state: dict[str, torch.Tensor], config: cfg.EntropyModelConfig, where: Path
 ) -> dict[str, torch.Tensor]:
     """The entropy model tensors under our names (blt.lm.CausalLM)."""
     out = {}
@@ -542,7 +534,7 @@ def _unexpected(name: str, where: Path, what: str) -> CheckpointError:
     return CheckpointError(f"{where}: unexpected tensor '{name}' that the original {what} has no place for")
 
 
-def check_ffn_widths(state: dict[str, torch.Tensor], args: dict, config: BLTConfig, where: Path) -> None:
+def check_ffn_widths(state: dict[str, torch.Tensor], args: dict, config: cfg.BLTConfig, where: Path) -> None:
     """Each stack's feed-forward weight against the original rule, naming the args that set it."""
     stacks = [
         ("local_encoder", config.encoder),
