@@ -28,28 +28,17 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from blt.data import DataConfig, iter_documents
 from blt.eval.documents import spearman
 
 ROOT = Path(__file__).resolve().parent.parent
+from study import run  # noqa: E402  the same logged command runner (bench/ scripts sit side by side)
+
 SOURCES = {"prose-kjv": "kjv.txt", "dict-devil": "devil.txt", "dict-jargon": "jargon.txt"}
 
-
-def run(cmd: list[str], log: Path, dry_run: bool) -> None:
-    line = shlex.join(cmd)
-    print(f"\n$ {line}", flush=True)
-    with open(log, "a") as f:
-        f.write(line + "\n")
-    if not dry_run:
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        print(f"({time.perf_counter() - start:.0f} s)", flush=True)
 
 
 def pieces(text: bytes, n: int, size: int) -> list[bytes]:

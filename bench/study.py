@@ -47,7 +47,8 @@ from blt.training.config import MODELS, READS
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(cmd: list[str], log: Path, dry_run: bool, env: dict[str, str]) -> None:
+def run(cmd: list[str], log: Path, dry_run: bool, env: dict[str, str] | None = None) -> None:
+    """Run ``cmd`` (logged to ``log`` as the exact command line) from the repository root."""
     line = shlex.join(cmd)
     print(f"\n$ {line}", flush=True)
     with open(log, "a") as f:

@@ -440,19 +440,7 @@ class BLT(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # generation and checkpoints
 
-    def generate(
-        self,
-        prompt,
-        max_new_bytes: int = 128,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        stop: bytes | str | None = None,
-        seed: int | None = None,
-        use_cache: bool = True,
-    ):
-        """Sample a continuation of ``prompt``; see :func:`blt.generate.generate`."""
-        return generate(self, prompt, max_new_bytes, temperature, top_k, top_p, stop, seed, use_cache)
+    generate = generate  # blt.generate.generate(model, prompt, ...), as a method: model.generate(prompt, ...)
 
     def save_pretrained(self, directory: str | Path, format: str = "blt") -> Path:
         """Write safetensors + JSON config: our layout (``"blt"``) or transformers' (``"hf"``)."""

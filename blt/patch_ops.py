@@ -71,13 +71,9 @@ def hash_ngram_indices(
 
 
 def hash_embedding(
-    ids: torch.Tensor,
-    byte_weight: torch.Tensor,
-    hash_weight: torch.Tensor,
-    ngram_sizes: list[int],
-    n_functions: int,
-    hash_vocab: int,
-) -> torch.Tensor:
+    ids: torch.Tensor, byte_weight: torch.Tensor, hash_weight: torch.Tensor, ngram_sizes: list[int],
+    n_functions: int, hash_vocab: int,
+) -> torch.Tensor:  # fmt: skip
     """Byte embedding plus the sum of its hash n-gram embeddings: ids [B, T] -> [B, T, D]."""
     x = F.embedding(ids, byte_weight)
     rows = hash_ngram_indices(ids, ngram_sizes, n_functions, hash_vocab)  # [B, T, n_tables]

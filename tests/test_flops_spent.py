@@ -5,16 +5,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_blt import blt_config
 from torch.utils.flop_counter import FlopCounterMode
 
-from blt.config import (
-    BLTConfig,
-    EntropyModelConfig,
-    LocalDecoderConfig,
-    LocalEncoderConfig,
-    PatchingConfig,
-    TransformerConfig,
-)
+from blt.config import BaselineConfig, BLTConfig, EntropyModelConfig, PatchingConfig, TransformerConfig
 from blt.eval.bpb import BLTScorer, ByteLMScorer, document_scores
 from blt.eval.flops import (
     attended_context,
@@ -31,23 +25,16 @@ from blt.patcher import EntropyModel, patch_lengths
 
 
 def small_blt_config(encoder_window=16, global_window=None, **patching) -> BLTConfig:
-    return BLTConfig(
+    return blt_config(
         cross_attn_k=2,
-        encoder=LocalEncoderConfig(
-            dim=32,
-            n_layers=1,
-            n_heads=2,
-            window=encoder_window,
-            max_seq_len=256,
-            hash_ngram_sizes=[3, 4],
+        encoder=dict(
+            dim=32, n_layers=1, n_heads=2, window=encoder_window, max_seq_len=256, hash_ngram_sizes=[3, 4],
             hash_vocab=97,
-        ),
-        global_transformer=TransformerConfig(
-            dim=96, n_layers=2, n_heads=4, window=global_window, max_seq_len=256
-        ),
-        decoder=LocalDecoderConfig(dim=32, n_layers=2, n_heads=2, window=16, max_seq_len=256),
-        entropy_model=EntropyModelConfig(dim=32, n_layers=1, n_heads=2, window=8),
-        patching=PatchingConfig(**patching),
+        ),  # fmt: skip
+        global_transformer=dict(dim=96, n_layers=2, n_heads=4, window=global_window, max_seq_len=256),
+        decoder=dict(dim=32, n_layers=2, n_heads=2, window=16, max_seq_len=256),
+        entropy_model=dict(dim=32, n_layers=1, n_heads=2, window=8),
+        patching=patching,
     )
 
 
@@ -233,7 +220,6 @@ def test_byte_lm_agrees_with_flop_counter(window):
 
 def test_baseline_agrees_with_flop_counter():
     from blt.baseline import BaselineLM, BPETokenizer
-    from blt.config import BaselineConfig
 
     tokenizer = BPETokenizer.train(["the quick brown fox jumps over the lazy dog\n" * 80], vocab_size=300)
     torch.manual_seed(0)
