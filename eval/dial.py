@@ -30,7 +30,7 @@ from blt.config import ConfigError, PatchingConfig
 from blt.eval.bpb import BLTScorer, evaluate, windows
 from blt.patcher import calibrate_threshold
 from blt.patcher.calibrate import pad_documents
-from blt.patcher.schemes import ENTROPY_SCHEMES, patch_starts, split_long_patches
+from blt.patcher.schemes import ENTROPY_SCHEMES, decide_starts
 
 BISECTIONS = 30  # on log patch size for a FLOPs target: far below one patch's worth of FLOPs
 LARGEST = 1e12  # a patch-size target no input reaches: calibration then gives the longest patches
@@ -90,9 +90,7 @@ def flops_per_byte_at(scorer: BLTScorer, wins: Windows, patching: PatchingConfig
     at = BLTScorer(scorer.model, scorer.context, patching)
     ids, valid = pad_documents(wins.ids, torch.long)
     entropies, _ = pad_documents(wins.entropies, torch.float32)
-    starts = patch_starts(ids, patching, entropies)
-    if patching.max_patch_length is not None:
-        starts = split_long_patches(starts, patching.max_patch_length)
+    starts = decide_starts(ids, patching, entropies)[:, :-1]  # max_patch_length included
     spent = sum(at.flops_spent(len(i), f, row).total for i, f, row in zip(wins.ids, wins.firsts, starts))
     return spent / wins.n_bytes
 
