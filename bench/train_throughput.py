@@ -24,15 +24,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from blt.baseline import BaselineLM, train_tokenizer
 from blt.config import ConfigError, PatchingConfig
-from blt.data import PackedBatches, iter_documents
 from blt.eval.flops import blt_flops_per_byte, entropy_flops_per_byte, tokenized_flops_per_byte
 from blt.model import BLT
 from blt.patcher import EntropyModel, patch_lengths
 from blt.tokenizer import OFFSET, PAD_ID
-from blt.training.callbacks import measured_cpu_peak
-from blt.training.cli import load_config
+from blt.training.callbacks import measured_peak
+
+# The data pipeline, the BPE baseline (sentencepiece) and the config parser (jsonargparse) are imported
+# where they are used: bench/gpu.py reuses the timing code here on machines installed without them.
 
 
 @dataclass
@@ -59,11 +59,15 @@ class Job:
 def time_steps(job: Job, opt: torch.optim.Optimizer, steps: int) -> float:
     """Mean seconds per optimizer step over ``steps`` steps."""
     batches = itertools.cycle(job.batches)
+    device = next(job.model.parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
+    sync(device)  # CUDA runs asynchronously: time the work, not its queueing
     start = time.perf_counter()
     for _ in range(steps):
         job.loss_fn(job.model, next(batches)).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    sync(device)
     return (time.perf_counter() - start) / steps
 
 
@@ -76,6 +80,8 @@ def causal_lm_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
 
 
 def byte_batches(run, n: int) -> list[torch.Tensor]:
+    from blt.data import PackedBatches
+
     loader = iter(PackedBatches(run.data, "train"))
     return [next(loader) for _ in range(n)]
 
@@ -103,6 +109,9 @@ def entropy_job(run, batches) -> Job:
 
 
 def baseline_job(run, n_batches) -> Job:
+    from blt.baseline import BaselineLM, train_tokenizer
+    from blt.data import iter_documents
+
     texts = itertools.islice(iter_documents(run.data, "train"), 2000)
     tokenizer = train_tokenizer(texts, run.baseline.vocab_size, run.baseline.tokenizer)
     model = BaselineLM(run.baseline, tokenizer)
@@ -156,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args, overrides = parser.parse_known_args(argv)
+    from blt.training.cli import load_config
+
     for name in ("steps", "rounds", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -178,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     # the machine is shared: interleave models and the peak over rounds and keep each one's best
     peak = 0.0
     for _ in range(args.rounds):
-        peak = max(peak, measured_cpu_peak())
+        peak = max(peak, measured_peak())
         for job, opt in zip(jobs, optimizers):
             job.seconds_per_step = min(job.seconds_per_step, time_steps(job, opt, args.steps))
     report(jobs, peak, args)

@@ -367,3 +367,101 @@ def blt_flops_spent(
     parts |= _prefixed("decoder", _stack_spent(dec, T, first))
     parts["decoder.output"] = 2 * dec.dim * config.vocab_size * n_bytes
     return FlopsSpent({name: float(v) for name, v in parts.items()}, n_bytes, counted)
+
+
+# The 6N figure: the convention of torchtitan, nanoGPT and PaLM, so MFU compares across code bases
+
+
+def six_n_flops_per_token(non_embedding_params: float, n_layers: int, dim: int, context: float) -> float:
+    """Training FLOPs per token by the 6N rule: ``6 N + 12 L d T`` (torchtitan's and nanoGPT's MFU).
+
+    Derivation (Kaplan et al. 2020, PaLM Appendix B): a weight takes part in one multiply-accumulate per
+    token in the forward pass (2 FLOPs) and in two in the backward pass (the gradient of the activation and
+    that of the weight), so every weight costs 6 FLOPs per token trained: ``6 N`` for the ``N`` parameters
+    outside embedding tables (lookups cost nothing; an output head that is not tied counts). Attention adds,
+    per layer and token, the scores ``Q K^T`` and the weighted sum of ``V``: two products of the query
+    width ``d`` (heads x head size) by the ``T`` keys, ``2 * 2 d T`` FLOPs forward, times 3 for training:
+    ``12 d T`` per layer.
+
+    How it differs from the paper's accounting (:func:`tokenized_flops_per_byte`, :func:`blt_flops_per_byte`):
+    ``T`` here is every key of the context, not the ``(T + 1) / 2`` a causal query attends to on average,
+    so its attention term is about twice the paper's; norm gains count as weights (a few thousandths of
+    ``N``). The linear layers agree: ``2 N`` forward is the paper's q/k/v/o, feed-forward and output
+    products. MFU against this figure is therefore at least the paper-convention MFU, by the attention's
+    share.
+    """
+    return 6 * non_embedding_params + 12 * n_layers * dim * context
+
+
+def non_embedding_params(module) -> int:
+    """Trainable parameters of ``module`` outside ``nn.Embedding`` tables, each counted once.
+
+    A weight shared by an embedding and a linear layer (a tied output head) counts: its product runs.
+    Frozen parameters (a BLT's entropy model) get no weight gradient and are left out.
+    """
+    from torch import nn
+
+    seen: set[int] = set()
+    total = 0
+    for m in module.modules():
+        if isinstance(m, nn.Embedding):
+            continue
+        for p in m.parameters(recurse=False):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
+
+
+def _keys(config: TransformerConfig, context: float) -> float:
+    """Keys a query of ``config``'s layers can see in a context of ``context`` positions, unmasked."""
+    return min(context, config.window) if config.window is not None else context
+
+
+def six_n_flops_per_byte(
+    config: TransformerConfig, non_embedding_params: int, context: float, bytes_per_token: float = 1.0
+) -> float:
+    """The 6N figure per byte of a causal LM (entropy model, tokenized baseline) of shape ``config``.
+
+    ``context`` is in tokens (bytes for a byte-level model); a windowed layer sees at most its window.
+    Per token :func:`six_n_flops_per_token`, per byte that divided by ``bytes_per_token``.
+    """
+    _check_positive(bytes_per_token, "bytes_per_token")
+    width = config.n_heads * config.head_dim
+    per_token = six_n_flops_per_token(non_embedding_params, config.n_layers, width, _keys(config, context))
+    return per_token / bytes_per_token
+
+
+def blt_params(model) -> tuple[int, int]:
+    """(byte-level, patch-level) non-embedding parameters of a BLT: encoder + decoder, global transformer."""
+    local = non_embedding_params(model.encoder) + non_embedding_params(model.decoder)
+    return local, non_embedding_params(model.global_transformer)
+
+
+def blt_six_n_flops_per_byte(
+    config: BLTConfig, local_params: int, global_params: int, mean_patch_size: float, context_bytes: float
+) -> float:
+    """The 6N figure per byte of a BLT (parameters from :func:`blt_params`; entropy model not counted).
+
+    The 6N rule applied where each stack runs: the local encoder and decoder (``local_params``,
+    cross-attentions and output head included) on every byte, their self-attention over ``context_bytes``
+    keys or their window; the global transformer (``global_params``, input projection included) once per
+    patch, over ``context_bytes / p`` patches, so its figure is divided by ``p``::
+
+        6 N_local + 12 (L_E d_E T_E + L_D d_D T_D) + (6 N_global + 12 L_G d_G T / p) / p
+
+    The cross-attentions' scores (a query sees only its patch's k rows or bytes) are left out, and their
+    per-patch projections (encoder queries and outputs, decoder keys and values, the patch projections)
+    are counted per byte: about 15% of ``N_local`` at BLT-1B shapes, which makes this figure a few
+    percent high there. It is a rule of thumb to compare with other code bases; :func:`blt_flops_per_byte`
+    is the accounting.
+    """
+    p = float(mean_patch_size)
+    if p < 1:
+        raise ValueError(f"mean patch size must be at least 1 byte, got {p:g}")
+    _check_positive(context_bytes, "context_bytes")
+    enc, glob, dec = config.encoder, config.global_transformer, config.decoder
+    attention = sum(12 * c.n_layers * c.n_heads * c.head_dim * _keys(c, context_bytes) for c in (enc, dec))
+    width = glob.n_heads * glob.head_dim
+    per_patch = six_n_flops_per_token(global_params, glob.n_layers, width, _keys(glob, context_bytes / p))
+    return 6 * local_params + attention + per_patch / p

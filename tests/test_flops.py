@@ -16,8 +16,13 @@ from blt.config import BLTConfig, EntropyModelConfig, PatchingConfig, Transforme
 from blt.eval.flops import (
     attended_context,
     blt_flops_per_byte,
+    blt_params,
+    blt_six_n_flops_per_byte,
     entropy_flops_per_byte,
     layer_flops,
+    non_embedding_params,
+    six_n_flops_per_byte,
+    six_n_flops_per_token,
     tokenized_flops_per_byte,
 )
 from blt.eval.flops_cli import build_parser
@@ -304,7 +309,10 @@ def test_cli_text_output(capsys):
         ),
         (["--arch", "gpt"], "arch"),
         (["--arch", "bpe", "--config", "CONFIG"], "--arch bpe takes no model sections, got blt"),
-        (["--arch", "bpe", "--layers", "2", "--dim", "64", "--vocab", "9", "--patch_size", "4"], "not to --arch"),
+        (
+            ["--arch", "bpe", "--layers", "2", "--dim", "64", "--vocab", "9", "--patch_size", "4"],
+            "not to --arch",
+        ),
         ([], "none of the model sections"),
         (["--config", "EMPTY"], "none of the model sections"),
         (["--config", "BADKEY"], "encoder.widht"),
@@ -323,3 +331,66 @@ def test_cli_bad_input(args, message, tmp_path, capsys):
     assert flops_main([paths.get(a, a) for a in args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("blt-flops: error: ") and message in err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the 6N figure (torchtitan's convention)
+
+
+def tiny_lm_config(window=None) -> EntropyModelConfig:
+    return EntropyModelConfig(dim=16, n_layers=2, n_heads=2, ffn_dim=32, window=window)
+
+
+def test_six_n_of_a_tiny_lm_by_hand():
+    # per layer: 2 norms (2 x 16), q/k/v/o (4 x 16 x 16), SwiGLU (3 x 16 x 32); final norm; head 16 x 260;
+    # the 260 x 16 byte embedding is a lookup and does not count
+    n = 2 * (2 * 16 + 4 * 16 * 16 + 3 * 16 * 32) + 16 + 16 * 260
+    assert n == 9360
+    assert non_embedding_params(EntropyModel(tiny_lm_config())) == n
+    assert six_n_flops_per_byte(tiny_lm_config(), n, context=100) == 6 * n + 12 * 2 * 16 * 100
+    assert six_n_flops_per_byte(tiny_lm_config(window=40), n, context=100) == 6 * n + 12 * 2 * 16 * 40
+    per_token = six_n_flops_per_token(n, n_layers=2, dim=16, context=100)
+    assert six_n_flops_per_byte(tiny_lm_config(), n, 100, bytes_per_token=2.5) == per_token / 2.5
+
+
+def test_six_n_linear_part_is_three_times_the_papers_products():
+    config = tiny_lm_config()
+    paper = tokenized_flops_per_byte(config, 260, context_bytes=100, bytes_per_token=1)
+    linear = paper.parts["qkvo"] + paper.parts["ffn"] + paper.parts["output"]
+    norms = (2 * config.n_layers + 1) * config.dim
+    n = non_embedding_params(EntropyModel(config))
+    six_n = six_n_flops_per_byte(config, n, context=100)
+    assert six_n - 12 * 2 * 16 * 100 == pytest.approx(3 * linear + 6 * norms)
+    # the attention term counts all 100 keys, the paper the (100 + 1) / 2 a causal query sees
+    assert 12 * 2 * 16 * 100 / (3 * paper.parts["attention"]) == pytest.approx(100 / 50.5)
+
+
+def test_six_n_of_a_tiny_blt_by_hand():
+    layer = {"dim": 16, "n_heads": 2, "ffn_dim": 32, "window": 8, "max_seq_len": 64}
+    config = blt_config(
+        cross_attn_k=2,
+        encoder=dict(n_layers=1, hash_ngram_sizes=[3], hash_vocab=11, **layer),
+        global_transformer=dict(dim=32, n_layers=1, n_heads=2, ffn_dim=64, max_seq_len=64),
+        decoder=dict(n_layers=1, cross_attn_all_layers=True, **layer),
+    )
+    block = 2 * 16 + 4 * 16 * 16 + 3 * 16 * 32
+    cross = 2 * 16 + 4 * 16 * 16
+    encoder = block + 16 * 32 + cross  # + the pooled patch's projection to k rows; tables are lookups
+    decoder = 32 * 32 + cross + block + 16 + 16 * 260  # + global state -> k rows, final norm, head
+    global_ = 2 * 32 + 4 * 32 * 32 + 3 * 32 * 64  # 2 x 16 encoder rows = 32: no input projection
+    model = BLT(config)
+    assert blt_params(model) == (encoder + decoder, global_)
+    # 64 bytes of context in patches of 4: local layers see their 8-byte window, the global 16 patches
+    expected = 6 * (encoder + decoder) + 12 * (16 * 8 + 16 * 8) + (6 * global_ + 12 * 32 * 16) / 4
+    assert blt_six_n_flops_per_byte(config, encoder + decoder, global_, 4, 64) == expected == 98112
+    with pytest.raises(ValueError, match="at least 1 byte"):
+        blt_six_n_flops_per_byte(config, encoder + decoder, global_, 0.5, 64)
+
+
+def test_non_embedding_params_counts_a_tied_head_once_and_skips_frozen_weights():
+    lm = CausalLM(tiny_lm_config(), vocab_size=260)
+    untied = non_embedding_params(lm)
+    lm.lm_head.weight = lm.embed_tokens.weight  # tied: the head's product still runs
+    assert non_embedding_params(lm) == untied
+    lm.norm.weight.requires_grad_(False)
+    assert non_embedding_params(lm) == untied - 16

@@ -182,7 +182,7 @@ def test_convert_cli(tmp_path, capsys):
     [
         (["NOWHERE", "X"], "does not exist"),
         (["SRC", "SRC_AGAIN", "--overwrite"], "DST must differ from SRC"),  # would overwrite SRC
-        (["SRC", "X", "--to", "gguf"], "to: expected one of"),
+        (["SRC", "X", "--to", "gguf"], "to: expected one of ['hf', 'blt']. Got value: gguf"),
         (["SRC"], "dst"),
         (["SRC", "X", "--format", "hf"], "unrecognized arguments: --format"),
     ],

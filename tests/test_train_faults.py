@@ -25,7 +25,7 @@ TINY = [
     "--trainer.max_steps", "4", "--trainer.val_check_interval", "3", "--run.checkpoint_every", "2",
     "--run.sample_bytes", "0", "--run.name", "run",
 ]  # fmt: skip
-TIMING = ("bytes_per_s", "mfu")  # wall-clock metrics: no two runs share them
+TIMING = ("bytes_per_s", "mfu", "mfu_6n")  # wall-clock metrics: no two runs share them
 STAGES = ("", "entropy")  # the BLT run directory and its entropy stage
 
 pytestmark = pytest.mark.slow
