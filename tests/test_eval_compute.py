@@ -219,7 +219,7 @@ def test_overrides_leave_the_model_config_untouched(models, corpus, capsys):
     "argv, message",
     [
         (["bpb", "BLT", "--patching.threshold", ".nan"], "patching.threshold must be a number, got NaN"),
-        (["bpb", "BLT", "--patching.threshold", "nan"], 'Parser key "patching.threshold"'),  # YAML: .nan
+        (["bpb", "BLT", "--patching.threshold", "nan"], "patching.threshold: expected float"),  # YAML: .nan
         (["bpb", "BLT", "--patching.threshold", "-1"], "--patching.threshold must be >= 0"),
         (["bpb", "STATIC", "--patching.scheme", "entropy"], "has no entropy model to patch with"),
         (["bpb", "STATIC", "--target_patch_size", "4"], "the patching scheme is 'static'"),
