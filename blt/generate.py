@@ -14,8 +14,7 @@ The logits equal those of :meth:`BLT.forward` on the whole sequence (patch bound
 bytes before t), so greedy cached decoding reproduces greedy decoding that recomputes everything.
 
 Prompts of different lengths decode together: each row keeps its own positions, every step advances all
-rows, and the global transformer steps for all rows whenever any row closes a patch (rows that did not close
-one discard the result; their cache slot is rewritten at their next step). Each prompt is prefilled on its
+rows through the byte-level parts, and the global transformer steps only the rows that closed a patch. Each prompt is prefilled on its
 own through the modules' ordinary forward, then the caches of all prompts are joined into one batch.
 """
 
@@ -115,16 +114,23 @@ class IncrementalDecoder:
         closes = self.patcher.next_starts()  # [B] the new byte ends its patch
         h = model.encoder(x, cache=self.encoder)  # [B, 1, D]
         self.encoder.extend_open(h)
-        closed = closes.tolist()
-        if any(closed):
-            check_patches(model, max(p + c for p, c in zip(self.patches, closed)))
-            patch = model.encoder.close_patches(self.encoder, closed)  # [B, 1, D * k]
+        closed = [r for r, c in enumerate(closes.tolist()) if c]
+        if closed:
+            # the global transformer steps only the rows that closed a patch
+            check_patches(model, max(self.patches[r] for r in closed) + 1)
+            every = len(closed) == self.batch_size
+            index = None if every else torch.tensor(closed, device=device)
+            patch = model.encoder.close_patches(self.encoder, closed, index)  # [n, 1, D * k]
             # while every global step closes a patch in every row, the rows' global caches advance together
-            self.in_step = self.in_step and all(closed)
-            positions = None if self.in_step else self.patch_positions
-            latent = model.global_transformer(patch, positions, self.global_)  # [B, 1, Dg]
-            model.decoder.read_patch(self.decoder, latent, None if all(closed) else closes)
-            self.patches = [p + c for p, c in zip(self.patches, closed)]
+            self.in_step = self.in_step and every
+            if self.in_step:
+                latent = model.global_transformer(patch, cache=self.global_)  # [B, 1, Dg]
+            else:
+                positions = self.patch_positions if every else self.patch_positions[index]
+                latent = model.global_transformer(patch, positions, self.global_, rows=index)  # [n, 1, Dg]
+            model.decoder.read_patch(self.decoder, latent, index)
+            for r in closed:
+                self.patches[r] += 1
             self.patch_positions = self.patch_positions + closes.unsqueeze(1)
         self.logits = model.decoder(h, cache=self.decoder)[:, -1]
         self.lengths = [n + 1 for n in self.lengths]

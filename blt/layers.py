@@ -76,9 +76,9 @@ class KVCache:
     (one prompt, or prompts of one length) see exactly the first n slots.
 
     A forward either continues every row (no positions given) or writes given positions [B, T]; these must
-    continue each row: a chunk starts at or before the row's next position. A row that writes position p and
-    does not advance rewrites the same slot at its next forward, so such a discarded step leaves nothing that
-    a later query sees (the global transformer steps every row when any of them closes a patch).
+    continue each row: a chunk starts at or before the row's next position. With ``rows`` [n] it continues
+    only those rows (the global transformer steps only the rows that closed a patch); the others keep what
+    they hold.
     """
 
     def __init__(self, stack: Transformer, batch_size: int, max_len: int | None = None):
@@ -106,17 +106,22 @@ class KVCache:
         ]
         # of the current forward, set by prepare(): where the new entries go, and what the queries see
         self.slots = self.mask = self.visible = None
+        self.index = self.rows  # the rows the current forward continues [B or n, 1]
         self.in_place = True
 
     @property
     def batch_size(self) -> int:
         return self.pos.shape[0]
 
-    def prepare(self, T: int, positions: torch.Tensor | None = None):
+    def prepare(self, T: int, positions: torch.Tensor | None = None, rows: torch.Tensor | None = None):
         """Claim the slots of T new positions per row: ``positions`` [B, T], or None to continue every row.
+        ``rows`` [n]: only these rows continue (``positions`` then [n, T], and given).
 
-        Returns the positions [B, T] and their rotations [B, T, 1, Dh/2].
+        Returns the positions [B or n, T] and their rotations [B or n, T, 1, Dh/2].
         """
+        if rows is not None:
+            return self._prepare_rows(T, positions, rows)
+        self.index = self.rows
         given = positions is not None
         if not given:
             positions = self.next.unsqueeze(1)
@@ -155,6 +160,31 @@ class KVCache:
             seen = attention_mask(positions, keys, self.window)  # [B, 1, T, S or S + T]
             # an additive mask: SDPA's CPU kernel is faster with it than with a boolean one
             self.mask = torch.where(seen, 0.0, float("-inf")).to(self.dtype)
+        return positions, self.rot[positions]
+
+    def _prepare_rows(self, T: int, positions: torch.Tensor, rows: torch.Tensor):
+        """prepare() for some rows only: their keys are gathered, so a mask always decides what they see."""
+        if positions is None or positions.shape[0] != rows.shape[0]:
+            raise ValueError("continuing some rows of a KV cache takes their positions [n, T]")
+        if self.ring and T > 1:
+            raise ValueError("continuing some rows of a windowed KV cache takes one position per row")
+        self.filled, self.aligned = 0, False
+        self.next = self.next.index_copy(0, rows, positions[:, -1] + 1)
+        self.bound += T
+        if not self.ring and self.bound > self.size:
+            self.bound = int(self.next.max())  # rows that did not advance made the bound too high
+            if self.bound > self.size:
+                self._grow(max(2 * self.size, self.bound))
+        if self.bound > self.rot.shape[0]:
+            self.rot = self.rotary(
+                torch.arange(max(2 * self.rot.shape[0], self.bound, 64), device=self.pos.device)
+            )
+        self.index = rows.unsqueeze(1)  # [n, 1]
+        self.slots = positions % self.size if self.ring else positions
+        self.pos[self.index, self.slots] = positions
+        self.in_place, self.visible = True, None
+        seen = attention_mask(positions, self.pos[rows], self.window)  # [n, 1, T, S]
+        self.mask = torch.where(seen, 0.0, float("-inf")).to(self.dtype)
         return positions, self.rot[positions]
 
     def _grow(self, size: int) -> None:
@@ -211,8 +241,11 @@ class LayerCache:
         if n < k.shape[1]:  # a chunk longer than the ring: only its newest entries stay
             k, v = k[:, -n:], v[:, -n:]
         # rows [B, 1] and slots [B, n] index [B, n, Hkv, Dh]
-        self.k[cache.rows, :, cache.slots] = k
-        self.v[cache.rows, :, cache.slots] = v
+        self.k[cache.index, :, cache.slots] = k
+        self.v[cache.index, :, cache.slots] = v
+        if cache.index is not cache.rows:  # some rows only: theirs
+            rows = cache.index[:, 0]
+            return self.k.index_select(0, rows), self.v.index_select(0, rows)
         if cache.visible is not None:
             keys, values = keys[:, :, : cache.visible], values[:, :, : cache.visible]
         return keys, values
@@ -306,9 +339,13 @@ class Transformer(nn.Module):
         that covers it needs no ring)."""
         return KVCache(self, batch_size, max_len)
 
-    def begin(self, x: torch.Tensor, positions=None, cache: KVCache | None = None, segments=None):
+    def begin(self, x: torch.Tensor, positions=None, cache: KVCache | None = None, segments=None, rows=None):
         """What every layer of a forward on x [B, T, dim] shares: (positions, rotations, per-layer caches)."""
         B, T, _ = x.shape
+        if rows is not None:
+            if cache is None or positions is None or rows.shape[0] != B:
+                raise ValueError("rows [n] continue n rows of a KV cache at given positions [n, T]")
+            return (*cache.prepare(T, positions, rows), cache.layers)
         if cache is None:
             positions = torch.arange(T, device=x.device) if positions is None else positions
             return positions, self.rotary(positions), [None] * len(self.layers)
@@ -326,12 +363,14 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segments: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: [B, T, dim]; positions: [T] or [B, T] (default 0..T-1, or continuing every row of the cache).
 
-        With ``cache`` the input continues what the cache holds and is added to it.
+        With ``cache`` the input continues what the cache holds and is added to it; with ``rows`` [n] too, x
+        [n, T, dim] continues only those rows of the cache, at ``positions`` [n, T].
         """
-        positions, rot, layer_caches = self.begin(x, positions, cache, segments)
+        positions, rot, layer_caches = self.begin(x, positions, cache, segments, rows)
         for layer, layer_cache in zip(self.layers, layer_caches):
             x = layer(x, rot, positions, layer_cache, segments)
         return x

@@ -122,11 +122,14 @@ class EncoderCache:
         self.open_len = self.open_len + T
         self.open_lens = [n + T for n in self.open_lens]
 
-    def clear_open(self, rows: list[bool]) -> None:
-        """Empty the open patch of the rows marked True (their patch closed)."""
-        closed = torch.tensor(rows, device=self.open_len.device)
-        self.open_len = self.open_len.masked_fill(closed, 0)
-        self.open_lens = [0 if c else n for n, c in zip(self.open_lens, rows)]
+    def clear_open(self, rows: list[int]) -> None:
+        """Empty the open patch of rows ``rows`` (their patch closed)."""
+        if len(rows) == len(self.open_lens):
+            self.open_len = torch.zeros_like(self.open_len)
+        else:
+            self.open_len = self.open_len.index_fill(0, torch.tensor(rows, device=self.open_len.device), 0)
+        for r in rows:
+            self.open_lens[r] = 0
 
     def select(self, rows: torch.Tensor) -> None:
         self.kv.select(rows)
@@ -199,11 +202,15 @@ class LocalEncoder(nn.Module):
         out = self.cross_attn_layers[-1](queries, h, attend)
         return out.reshape(B, num_patches, D * self.k_rep)
 
-    def close_patches(self, cache: EncoderCache, rows: list[bool]) -> torch.Tensor:
-        """Patch states [B, 1, D * k_rep] of every row's open patch; the patches of ``rows`` (True) close."""
-        width = max(cache.open_lens)
-        outside = torch.arange(width, device=cache.open.device) >= cache.open_len.unsqueeze(1)  # [B, width]
-        patch = self.patches(cache.open[:, :width], outside.long(), 1)  # outside bytes: id 1, no patch
+    def close_patches(self, cache: EncoderCache, rows: list[int], index: torch.Tensor | None = None):
+        """Close the open patch of rows ``rows`` (``index``: the same as a tensor, None: every row) and
+        return their patch states [n, 1, D * k_rep]."""
+        width = max(cache.open_lens[r] for r in rows)
+        states, lengths = cache.open[:, :width], cache.open_len
+        if index is not None:
+            states, lengths = states.index_select(0, index), lengths.index_select(0, index)
+        outside = torch.arange(width, device=states.device) >= lengths.unsqueeze(1)  # [n, width]
+        patch = self.patches(states, outside.long(), 1)  # outside bytes: id 1, no patch
         cache.clear_open(rows)
         return patch
 
@@ -220,10 +227,10 @@ class GlobalTransformer(nn.Module):
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         return self.transformer.new_cache(batch_size, max_len)
 
-    def forward(self, patches: torch.Tensor, positions=None, cache: KVCache | None = None) -> torch.Tensor:
-        """patches [B, P, D_enc * k] -> latent states [B, P, D_global]."""
+    def forward(self, patches: torch.Tensor, positions=None, cache: KVCache | None = None, rows=None):
+        """patches [B, P, D_enc * k] -> latent states [B, P, D_global] (``rows``: see Transformer.forward)."""
         x = patches if self.token_embedding_projection is None else self.token_embedding_projection(patches)
-        return self.transformer(x, positions, cache)
+        return self.transformer(x, positions, cache, rows=rows)
 
 
 class DecoderCache:
@@ -270,14 +277,13 @@ class LocalDecoder(nn.Module):
         return self.patch_embedding_projection(latent).reshape(B, P * self.k_rep, self.config.dim)
 
     def read_patch(self, cache: DecoderCache, latent: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """Make latent [B, 1, D_global] the patch the cached rows read next: all rows, or those where
-        ``rows`` [B] is True (the others keep theirs)."""
-        memory = self.patch_rows(latent)  # [B, k_rep, D]
+        """Make latent [B, 1, D_global] the patch the cached rows read next; with ``rows`` [n], latent [n, 1,
+        D_global] is the patch of those rows (the others keep theirs)."""
+        memory = self.patch_rows(latent)  # [B or n, k_rep, D]
         new = [layer.keys_values(memory) for layer in self.cross_attn_layers]
-        if rows is not None and cache.patch:
-            keep = rows[:, None, None, None]
+        if rows is not None:
             new = [
-                (torch.where(keep, k, old_k), torch.where(keep, v, old_v))
+                (old_k.index_copy(0, rows, k), old_v.index_copy(0, rows, v))
                 for (k, v), (old_k, old_v) in zip(new, cache.patch)
             ]
         cache.patch = new
