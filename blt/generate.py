@@ -33,10 +33,10 @@ from blt.tokenizer import EOS_ID, OFFSET, check_ids, decode, encode
 class _Prefill:
     """One prompt [T] run in one chunk through every part, each filling its cache (a batch of one)."""
 
-    def __init__(self, model, ids: torch.Tensor, max_len: int):
+    def __init__(self, model, ids: torch.Tensor, max_len: int, patching):
         x = ids.unsqueeze(0)  # [1, T]
         T = x.shape[1]
-        self.patcher = StreamingPatcher(model.config.patching, model.patcher, 1, max_len)
+        self.patcher = StreamingPatcher(patching, model.patcher, 1, max_len)
         starts = self.patcher.feed(x)  # [1, T]
         next_starts = self.patcher.next_starts()  # [1]: does the byte after the prompt start a patch
         self.encoder = model.encoder.new_cache(1, max_len)
@@ -68,17 +68,19 @@ class IncrementalDecoder:
     """Caches of all four parts for a batch of sequences; :attr:`logits` [B, vocab] predict each row's next id.
 
     ``prompts``: a LongTensor [T] (a batch of one) or a list of them (any lengths >= 1). :meth:`push` feeds
-    one id per row; :meth:`select` drops rows (finished sequences).
+    one id per row; :meth:`select` drops rows (finished sequences). ``patching``: a resolved override of the
+    model's patching (:func:`blt.eval.dial.resolve_patching`; None: its own).
     """
 
     @torch.inference_mode()
-    def __init__(self, model, prompts):
+    def __init__(self, model, prompts, patching=None):
         prompts = [prompts] if isinstance(prompts, torch.Tensor) else list(prompts)
         if not prompts or any(p.dim() != 1 or p.numel() == 0 for p in prompts):
             raise ValueError("IncrementalDecoder needs one or more non-empty 1-D id tensors")
         self.model, config = model, model.config
         self.max_len = min(config.encoder.max_seq_len, config.decoder.max_seq_len)
-        pre = [_Prefill(model, p, self.max_len) for p in prompts]
+        patching = config.patching if patching is None else patching
+        pre = [_Prefill(model, p, self.max_len, patching) for p in prompts]
         # the caches of the first prompt take in the rows of the others
         first, rest = pre[0], pre[1:]
         self.patcher, self.encoder = first.patcher, first.encoder
@@ -150,17 +152,20 @@ class Recompute:
     """Reference decoding: the whole forward again for every new byte, row by row."""
 
     @torch.inference_mode()
-    def __init__(self, model, prompts):
+    def __init__(self, model, prompts, patching=None):
         prompts = [prompts] if isinstance(prompts, torch.Tensor) else list(prompts)
-        self.model, self.ids = model, [p.unsqueeze(0) for p in prompts]
-        self.logits = torch.stack([model(ids).logits[0, -1] for ids in self.ids])  # [B, vocab]
+        self.model, self.ids, self.patching = model, [p.unsqueeze(0) for p in prompts], patching
+        self.logits = self.last_logits()  # [B, vocab]
 
     @torch.inference_mode()
     def push(self, tokens) -> torch.Tensor:
         tokens = torch.as_tensor(tokens, dtype=torch.long).reshape(-1, 1)
         self.ids = [torch.cat([ids, t.to(ids.device)[None]], dim=1) for ids, t in zip(self.ids, tokens)]
-        self.logits = torch.stack([self.model(ids).logits[0, -1] for ids in self.ids])
+        self.logits = self.last_logits()
         return self.logits
+
+    def last_logits(self) -> torch.Tensor:
+        return torch.stack([self.model(ids, patching=self.patching).logits[0, -1] for ids in self.ids])
 
     def select(self, rows: list[int]) -> None:
         self.ids = [self.ids[r] for r in rows]
@@ -223,6 +228,7 @@ def generate(
     stop: bytes | str | None = None,
     seed: int | None = None,
     use_cache: bool = True,
+    patching=None,
 ):
     """Continue ``prompt`` by up to ``max_new_bytes`` bytes.
 
@@ -232,6 +238,8 @@ def generate(
     read as its UTF-8 bytes; the stopping byte is kept in the output).
     ``temperature=0`` is greedy; ``seed`` makes sampling reproducible (row i uses seed + i).
     ``use_cache=False`` recomputes the whole forward for every byte (the reference).
+    ``patching`` overrides the model's patching for this call, as in ``BLT.forward``; a target patch size or
+    FLOPs per byte is calibrated on the prompts, once, and that threshold holds for every new byte.
     """
     rows, kind = _prompt_rows(prompt)
     if not isinstance(max_new_bytes, Integral) or max_new_bytes < 0:
@@ -260,13 +268,19 @@ def generate(
                 f"prompt {i} ({row.numel()} ids) plus {max_new_bytes} new bytes exceeds the configured maximum "
                 f"sequence length {limit}"
             )
+    if patching is not None:
+        from blt.eval.dial import resolve_patching
+
+        patching = resolve_patching(model, patching, rows)
     outputs: list[list[int]] = [[] for _ in rows]
     if max_new_bytes:
         generators = [
             torch.Generator(device=device).manual_seed(seed + i) if seed is not None else None
             for i in range(len(rows))
         ]
-        state = (IncrementalDecoder if use_cache else Recompute)(model, [r.long().to(device) for r in rows])
+        state = (IncrementalDecoder if use_cache else Recompute)(
+            model, [r.long().to(device) for r in rows], patching
+        )
         active = list(range(len(rows)))  # prompt index of each row of ``state``
         while True:
             if temperature == 0:

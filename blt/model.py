@@ -39,6 +39,7 @@ from blt.config import (
     ConfigError,
     LocalDecoderConfig,
     LocalEncoderConfig,
+    PatchingConfig,
     TransformerConfig,
     check,
 )
@@ -404,36 +405,53 @@ class BLT(nn.Module):
         return lengths
 
     @torch.no_grad()
-    def compute_patches(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patching of ids [B, T] under ``config.patching`` (entropies from the bundled patcher).
+    def compute_patches(
+        self, ids: torch.Tensor, patching: PatchingConfig | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patching of ids [B, T] under ``patching`` (default ``config.patching``; entropies from the bundled
+        patcher, which runs only for the schemes that read them).
 
         Returns lengths [B, P] (rows right-padded with 0, summing to T) and ``next_starts`` [B]: whether
         position T would start a patch. Every scheme decides position t from positions before t, so this is
         known from ids alone; it tells the decoder whether the last byte closes its patch.
         """
-        patching = self.config.patching
-        if self.patcher is None and patching.scheme in ENTROPY_SCHEMES:
+        patching = self.config.patching if patching is None else patching
+        needs_entropies = patching.scheme in ENTROPY_SCHEMES
+        if self.patcher is None and needs_entropies:
             raise ConfigError(
                 f"patching scheme {patching.scheme!r} needs an entropy model: set config.entropy_model "
                 "(bundled patcher) or pass patch_lengths"
             )
-        entropies = self.patcher.entropies(ids) if self.patcher is not None else None
+        entropies = self.patcher.entropies(ids) if needs_entropies else None
         starts = decide_starts(ids, patching, entropies)  # [B, T + 1]
         return lengths_from_starts(starts[:, :-1]), starts[:, -1]
 
     # ------------------------------------------------------------------------------------------------------
     # forward
 
-    def forward(self, ids: torch.Tensor, patch_lengths: torch.Tensor | None = None) -> BLTOutput:
+    def forward(
+        self, ids: torch.Tensor, patch_lengths: torch.Tensor | None = None, *, patching=None
+    ) -> BLTOutput:
         """ids [B, T] -> logits [B, T, vocab]; patches from ``patch_lengths`` [B, P] or the configured patching.
 
         Caller-given lengths are taken as they are (the last byte then reads the patch before its own).
+        ``patching`` overrides ``config.patching`` for this call only (the config stays as it is): a
+        PatchingConfig, or a dict of some of its fields, or with ``target_patch_size`` /
+        ``target_flops_per_byte`` a threshold calibrated on ``ids`` (:func:`blt.eval.dial.resolve_patching`).
         """
         self.check_ids(ids)
         T = ids.shape[1]
         next_starts = None
+        if patching is not None:
+            if patch_lengths is not None:
+                raise ValueError(
+                    "give patch_lengths or patching, not both: patching decides the patch lengths"
+                )
+            from blt.eval.dial import resolve_patching
+
+            patching = resolve_patching(self, patching, ids)
         if patch_lengths is None:
-            patch_lengths, next_starts = self.compute_patches(ids)
+            patch_lengths, next_starts = self.compute_patches(ids, patching)
         lengths = self.check_patch_lengths(patch_lengths, ids)
         P = lengths.shape[1]
 

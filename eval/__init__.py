@@ -4,7 +4,8 @@
   FLOPs one input actually costs from its patches or tokens;
 - ``blt.eval.bpb``: bits per byte of raw text, scored in windows so every byte is predicted once;
 - ``blt.eval.documents``: per-document rows (bits per byte, FLOPs per byte spent), Spearman, the plot;
-- ``blt.eval.dial``: a BLT's entropy threshold for a target patch size or FLOPs per byte, threshold sweeps;
+- ``blt.eval.dial``: a BLT's entropy threshold for a target patch size or FLOPs per byte, threshold sweeps,
+  and the one reading of a per-call ``patching=`` override (``resolve_patching``);
 - ``blt.eval.compare``: Markdown table and plots over training run directories;
 - ``blt.eval.harness``: the lm-evaluation-harness model ``blt`` (registered on import) and ``blt-lm-eval``.
 

@@ -44,7 +44,6 @@ from blt.eval.flops import (
     tokenized_flops_per_byte,
     tokenized_flops_spent,
 )
-from blt.patcher import patch_lengths
 from blt.patcher.schemes import ENTROPY_SCHEMES
 from blt.tokenizer import PAD_ID, encode
 
@@ -93,20 +92,8 @@ class BLTScorer:
     def encode(self, document: bytes) -> list[int]:
         return encode(document, add_bos=True)
 
-    def patch_lengths(self, ids: torch.Tensor) -> torch.Tensor | None:
-        if self.patching is None:
-            return None
-        entropies = None
-        if self.patching.scheme in ENTROPY_SCHEMES:
-            if getattr(self.model, "patcher", None) is None:
-                raise ValueError(
-                    f"patching scheme {self.patching.scheme!r} needs a BLT with a bundled entropy model"
-                )
-            entropies = self.model.patcher.entropies(ids)
-        return patch_lengths(ids, self.patching, entropies)
-
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.model(ids, patch_lengths=self.patch_lengths(ids))
+        out = self.model(ids, patching=self.patching)
         return out.logits, patch_starts(out.patch_lengths, ids.shape[1])
 
     @property
@@ -117,10 +104,11 @@ class BLTScorer:
 
     @property
     def runs_entropy_model(self) -> bool:
-        # the model's own patching runs its patcher whenever it has one, even under a scheme that ignores it
-        if getattr(self.model, "patcher", None) is None:
-            return False
-        return self.patching is None or self.patching.scheme in ENTROPY_SCHEMES
+        # BLT.compute_patches runs the patcher only for the schemes that read entropies
+        return (
+            getattr(self.model, "patcher", None) is not None
+            and self.config.patching.scheme in ENTROPY_SCHEMES
+        )
 
     def flops_spent(self, n: int, first: int, starts: torch.Tensor) -> FlopsSpent:
         """FLOPs of a window of ``n`` ids patched at ``starts`` [n] (bool), positions ``first ..`` counted."""

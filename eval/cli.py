@@ -176,15 +176,13 @@ def patching_override(loaded, fields: dict) -> PatchingConfig | None:
 
     A new config: the checkpoint's own (in memory and on disk) stays as it is."""
     from blt.checkpoint import BLT_KINDS
-    from blt.eval.dial import check_patching
+    from blt.eval.dial import flag, resolve_patching
 
     if not fields:
         return None
     if loaded.kind not in BLT_KINDS:
         raise ConfigError(f"--patching.* options apply to BLT checkpoints only, not to kind {loaded.kind!r}")
-    patching = dataclasses.replace(loaded.model.config.patching, **fields)  # __post_init__ checks the result
-    check_patching(loaded.model, patching)
-    return patching
+    return resolve_patching(loaded.model, fields, name=flag)
 
 
 def load_scorer(path, args: Namespace, patching: dict):
@@ -237,17 +235,11 @@ def format_result(result) -> str:
 
 def cmd_bpb(args: Namespace, given: Namespace) -> None:
     from blt.eval.bpb import evaluate
-    from blt.eval.dial import calibrate, check_target, entropy_patching, scored_windows
+    from blt.eval.dial import TARGETS, calibrate, check_targets, entropy_patching, scored_windows
 
-    targets = {k: args[k] for k in ("target_patch_size", "target_flops_per_byte") if args[k] is not None}
+    targets = {k: args[k] for k in TARGETS if args[k] is not None}
     patching = cli.overrides(args, "patching")
-    if len(targets) > 1:
-        raise ConfigError("--target_patch_size and --target_flops_per_byte: give one of them, not both")
-    fixed = [f"--patching.{k}" for k in ("threshold", "relative_threshold") if k in patching]
-    if targets and fixed:
-        raise ConfigError(f"--{next(iter(targets))} sets the threshold itself: drop {', '.join(fixed)}")
-    for name, value in targets.items():
-        check_target(f"--{name}", value)
+    check_targets(targets, patching)  # before the checkpoint loads
     loaded, scorer = load_scorer(args.checkpoint, args, patching)
     docs, dial = documents(args), None
     if targets:

@@ -13,20 +13,24 @@ A target the input cannot reach (patches no shorter than what threshold 0 gives,
 forced starts and ``max_patch_length`` leave) is an error naming the closest reachable value.
 :func:`sweep` scores the input at several thresholds: bits per byte against FLOPs per byte spent.
 
-The model is never changed: every patching here is a new ``PatchingConfig`` handed to a scorer.
+:func:`resolve_patching` is the one reading of a per-call override (``BLT.forward(..., patching=)``,
+``generate(..., patching=)``, the scorers, ``blt-eval --patching.*``): a ``PatchingConfig``, or a dict of
+some of its fields plus at most one target, calibrated as above on the call's own input.
+
+The model is never changed: every patching here is a new ``PatchingConfig`` handed to a scorer or a call.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from blt.config import ConfigError, PatchingConfig
+from blt.config import ConfigError, PatchingConfig, from_dict, to_dict
 from blt.eval.bpb import BLTScorer, evaluate, windows
 from blt.patcher import calibrate_threshold
 from blt.patcher.calibrate import pad_documents
@@ -36,21 +40,76 @@ BISECTIONS = 30  # on log patch size for a FLOPs target: far below one patch's w
 LARGEST = 1e12  # a patch-size target no input reaches: calibration then gives the longest patches
 
 
+TARGETS = ("target_patch_size", "target_flops_per_byte")
+FIELDS = tuple(f.name for f in dataclasses.fields(PatchingConfig))
+Name = Callable[[str], str]  # how an error names a key: a blt-eval flag, or a key of patching=
+
+
+def flag(key: str) -> str:
+    """``blt-eval``'s spelling of a patching key: ``--target_patch_size``, ``--patching.threshold``."""
+    return f"--{key}" if key in TARGETS else f"--patching.{key}"
+
+
+def keyword(key: str) -> str:
+    """The spelling of a key of the ``patching=`` keyword (``patching.threshold``), as from_dict names it."""
+    return f"patching.{key}"
+
+
 def threshold_field(patching: PatchingConfig) -> str:
     return "relative_threshold" if patching.scheme == "relative" else "threshold"
 
 
-def check_patching(model, patching: PatchingConfig, what: str = "--patching.scheme") -> None:
+def check_patching(model, patching: PatchingConfig, name: Name = flag) -> None:
     """Refuse, before any scoring, a patching ``model`` cannot run or a threshold no entropy can meet."""
     if patching.scheme in ENTROPY_SCHEMES and getattr(model, "patcher", None) is None:
         raise ConfigError(
-            f"{what} {patching.scheme}: this BLT has no entropy model to patch with (no bundled patcher); "
-            "use a scheme without one (static, space, byte)"
+            f"{name('scheme')} {patching.scheme}: this BLT has no entropy model to patch with (no bundled "
+            "patcher); use a scheme without one (static, space, byte)"
         )
     if patching.threshold < 0:
         raise ConfigError(
-            f"--patching.threshold must be >= 0 (entropies are never negative), got {patching.threshold:g}"
+            f"{name('threshold')} must be >= 0 (entropies are never negative), got {patching.threshold:g}"
         )
+
+
+def resolve_patching(model, override, ids=None, name: Name = keyword) -> PatchingConfig:
+    """The patching one call of ``model`` (a BLT) runs under ``override``; the model's own config stays as is.
+
+    ``override``: None (the model's own patching), a :class:`PatchingConfig` (taken instead of it; its checks
+    run again), or a dict of some of its fields, which replace the model's own (the others are kept), with
+    at most one of ``target_patch_size`` / ``target_flops_per_byte``: the scheme's threshold is then
+    calibrated on ``ids``, the call's input (a LongTensor [B, T] or a list of [T] rows), so that its mean
+    patch size, or the FLOPs per position the model spends on it (entropy model included), hits the target.
+    """
+    if override is None:
+        return model.config.patching
+    targets: dict = {}
+    if isinstance(override, PatchingConfig):
+        patching = dataclasses.replace(override)
+    elif isinstance(override, dict):
+        fields = dict(override)
+        targets = {k: fields.pop(k) for k in TARGETS if k in fields}
+        unknown = [k for k in fields if k not in FIELDS]
+        if unknown:
+            raise ConfigError(
+                f"{name(unknown[0])}: no such patching field; known: {', '.join(FIELDS + TARGETS)}"
+            )
+        check_targets(targets, fields, name)
+        patching = from_dict(PatchingConfig, to_dict(model.config.patching) | fields, "patching.")
+    else:
+        raise ConfigError(
+            f"patching must be a PatchingConfig, a dict of its fields or None, got {type(override).__name__}"
+        )
+    check_patching(model, patching, name)
+    if not targets:
+        return patching
+    option, scorer = name(next(iter(targets))), BLTScorer(model, None, patching)
+    entropy_patching(scorer, option, name)  # before any entropy is computed
+    if ids is None:
+        raise ConfigError(f"{option} is calibrated on an input, and this call has none")
+    rows = [row.detach().long().cpu() for row in ids]
+    wins = entropy_windows(model, rows, [0] * len(rows), sum(len(r) for r in rows), len(rows))
+    return calibrate(scorer, wins, **targets, name=name).patching
 
 
 @dataclass
@@ -63,7 +122,6 @@ class Windows:
     n_bytes: int
 
 
-@torch.no_grad()
 def scored_windows(
     scorer: BLTScorer, documents: Sequence[bytes], stride: int | None, batch_size: int
 ) -> Windows:
@@ -77,12 +135,21 @@ def scored_windows(
             firsts.append(f - s)
     if not ids:
         raise ValueError("the corpus has no bytes to score (no documents, or only empty ones)")
+    return entropy_windows(scorer.model, ids, firsts, sum(len(d) for d in documents), batch_size)
+
+
+@torch.no_grad()
+def entropy_windows(
+    model, ids: list[torch.Tensor], firsts: list[int], n_bytes: int, batch_size: int
+) -> Windows:
+    """Windows ``ids`` (1-D, on the host) with ``model``'s entropies, ``batch_size`` rows per pass."""
+    device = next(model.patcher.parameters()).device
     entropies = []
     for b in range(0, len(ids), batch_size):
         batch, _ = pad_documents(ids[b : b + batch_size], torch.long)  # right padding: causal, never read
-        rows = scorer.model.patcher.entropies(batch)
+        rows = model.patcher.entropies(batch.to(device)).cpu()  # calibration bisects on the host
         entropies += [row[: len(i)] for row, i in zip(rows, ids[b : b + batch_size])]
-    return Windows(ids, firsts, entropies, sum(len(d) for d in documents))
+    return Windows(ids, firsts, entropies, n_bytes)
 
 
 def flops_per_byte_at(scorer: BLTScorer, wins: Windows, patching: PatchingConfig) -> float:
@@ -122,15 +189,15 @@ class Dial:
         )
 
 
-def entropy_patching(scorer: BLTScorer, option: str) -> PatchingConfig:
+def entropy_patching(scorer: BLTScorer, option: str, name: Name = flag) -> PatchingConfig:
     """The scorer's patching, which must be an entropy scheme the model can run (for ``option``)."""
     patching = scorer.config.patching
     if patching.scheme not in ENTROPY_SCHEMES:
         raise ConfigError(
             f"{option} calibrates an entropy threshold, but the patching scheme is {patching.scheme!r}: "
-            f"add --patching.scheme entropy (or relative, combined)"
+            f"set {name('scheme')} to entropy (or relative, combined)"
         )
-    check_patching(scorer.model, patching)
+    check_patching(scorer.model, patching, name)
     return patching
 
 
@@ -149,12 +216,25 @@ def check_reachable(value: float, low: float, high: float, option: str, what: st
         )
 
 
-def check_target(option: str, value: float) -> None:
-    """``--target_patch_size`` is a finite number >= 1, ``--target_flops_per_byte`` a finite number > 0."""
-    if option == "--target_patch_size" and not (math.isfinite(value) and value >= 1):
-        raise ConfigError(f"{option} must be a finite number >= 1 (bytes per patch), got {value:g}")
-    if option == "--target_flops_per_byte" and not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{option} must be a finite number > 0, got {value:g}")
+def check_target(key: str, value, name: Name = flag) -> None:
+    """``target_patch_size`` is a finite number >= 1, ``target_flops_per_byte`` a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name(key)} must be a number, got {value!r}")
+    if key == "target_patch_size" and not (math.isfinite(value) and value >= 1):
+        raise ConfigError(f"{name(key)} must be a finite number >= 1 (bytes per patch), got {value:g}")
+    if key == "target_flops_per_byte" and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name(key)} must be a finite number > 0, got {value:g}")
+
+
+def check_targets(targets: dict, fields: dict, name: Name = flag) -> None:
+    """At most one target (``{key: value}``), in range, and no threshold among the patching ``fields`` set."""
+    if len(targets) > 1:
+        raise ConfigError(f"{' and '.join(map(name, targets))}: give one of them, not both")
+    fixed = [name(k) for k in ("threshold", "relative_threshold") if k in fields]
+    if targets and fixed:
+        raise ConfigError(f"{name(next(iter(targets)))} sets the threshold itself: drop {', '.join(fixed)}")
+    for key, value in targets.items():
+        check_target(key, value, name)
 
 
 def calibrate(
@@ -162,13 +242,15 @@ def calibrate(
     wins: Windows,
     target_patch_size: float | None = None,
     target_flops_per_byte: float | None = None,
+    name: Name = flag,
 ) -> Dial:
     """The patching of ``scorer`` with its threshold set for one target (see the module docstring)."""
     if (target_patch_size is None) == (target_flops_per_byte is None):
-        raise ConfigError("give one of --target_patch_size and --target_flops_per_byte, not both")
-    option = "--target_patch_size" if target_flops_per_byte is None else "--target_flops_per_byte"
-    check_target(option, target_patch_size if target_flops_per_byte is None else target_flops_per_byte)
-    base = entropy_patching(scorer, option)
+        raise ConfigError(f"give one of {name(TARGETS[0])} and {name(TARGETS[1])}, not both")
+    key = TARGETS[0] if target_flops_per_byte is None else TARGETS[1]
+    check_target(key, target_patch_size if target_flops_per_byte is None else target_flops_per_byte, name)
+    option = name(key)
+    base = entropy_patching(scorer, option, name)
 
     def at_size(size: float) -> Dial:
         cal = calibrate_threshold(wins.ids, wins.entropies, size, base)
