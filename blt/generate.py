@@ -36,13 +36,13 @@ from blt.tokenizer import EOS_ID, OFFSET, check_ids, decode, encode
 class _Prefill:
     """One prompt [T] run in one chunk through every part, each filling its cache (a batch of one)."""
 
-    def __init__(self, model, ids: torch.Tensor, max_len: int, patching):
+    def __init__(self, model, ids: torch.Tensor, max_len: int, patching, static: bool, patch_len: int):
         x = ids.unsqueeze(0)  # [1, T]
         T = x.shape[1]
-        self.patcher = StreamingPatcher(patching, model.patcher, 1, max_len)
+        self.patcher = StreamingPatcher(patching, model.patcher, 1, max_len, static)
         starts = self.patcher.feed(x)  # [1, T]
         next_starts = self.patcher.next_starts()  # [1]: does the byte after the prompt start a patch
-        self.encoder = model.encoder.new_cache(1, max_len)
+        self.encoder = model.encoder.new_cache(1, max_len, static)
         h = model.encoder(x, cache=self.encoder)  # [1, T, D]
 
         lengths = lengths_from_starts(starts)  # [1, P]
@@ -50,9 +50,9 @@ class _Prefill:
         self.patches = P - 1 + int(next_starts[0])  # all but the open one (position 1 always starts one)
         check_patches(model, self.patches)
         patches = model.encoder.patches(h, patch_ids_from_lengths(lengths, T), P)
-        self.global_ = model.global_transformer.new_cache(1, model.config.global_transformer.max_seq_len)
+        self.global_ = model.global_transformer.new_cache(1, patch_len, static)
         latent = model.global_transformer(patches[:, : self.patches], cache=self.global_)  # [1, patches, Dg]
-        self.decoder = model.decoder.new_cache(1, max_len)
+        self.decoder = model.decoder.new_cache(1, max_len, static)
         rows = model.decoder.patch_rows(latent)
         dec_ids = decoder_patch_ids(lengths, T, next_starts)
         self.logits = model.decoder(h, rows, dec_ids, cache=self.decoder)[0, -1]  # [vocab]
@@ -72,18 +72,30 @@ class IncrementalDecoder:
 
     ``prompts``: a LongTensor [T] (a batch of one) or a list of them (any lengths >= 1). :meth:`push` feeds
     one id per row; :meth:`select` drops rows (finished sequences). ``patching``: a resolved override of the
-    model's patching (:func:`blt.eval.dial.resolve_patching`; None: its own).
+    model's patching (:func:`blt.eval.dial.resolve_patching`; None: its own). ``max_new``: how many ids
+    :meth:`push` will feed at most, if known (sizes static caches).
+
+    ``static`` (default: on CUDA) gives every stack a static KV cache (:class:`blt.layers.KVCache`): a step
+    that continues every row has the same shapes at every step, which torch.compile and CUDA graphs need;
+    on the CPU the default caches are faster (they attend only to the slots that are filled).
     """
 
     @torch.inference_mode()
-    def __init__(self, model, prompts, patching=None):
+    def __init__(self, model, prompts, patching=None, max_new: int | None = None, static: bool | None = None):
         prompts = [prompts] if isinstance(prompts, torch.Tensor) else list(prompts)
         if not prompts or any(p.dim() != 1 or p.numel() == 0 for p in prompts):
             raise ValueError("IncrementalDecoder needs one or more non-empty 1-D id tensors")
         self.model, config = model, model.config
         self.max_len = min(config.encoder.max_seq_len, config.decoder.max_seq_len)
         patching = config.patching if patching is None else patching
-        pre = [_Prefill(model, p, self.max_len, patching) for p in prompts]
+        if static is None:
+            static = prompts[0].device.type == "cuda"
+        size, patch_len = self.max_len, config.global_transformer.max_seq_len
+        if max_new is not None:  # a row holds no more patches than ids
+            size = min(size, max(p.numel() for p in prompts) + max_new)
+            patch_len = min(patch_len, size)
+        self.size, self.max_new = size, max_new
+        pre = [_Prefill(model, p, size, patching, static, patch_len) for p in prompts]
         # the caches of the first prompt take in the rows of the others
         first, rest = pre[0], pre[1:]
         self.patcher, self.encoder = first.patcher, first.encoder
@@ -111,7 +123,9 @@ class IncrementalDecoder:
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=device).reshape(-1)
         if tokens.numel() != self.batch_size:
             raise ValueError(f"push takes one id per row ({self.batch_size}), got {tokens.numel()}")
-        if max(self.lengths) >= self.max_len:
+        if max(self.lengths) >= self.size:
+            if self.size < self.max_len:
+                raise ValueError(f"this decoder was made for at most max_new={self.max_new} pushes per row")
             raise ValueError(f"a sequence would exceed the configured maximum sequence length {self.max_len}")
         x = tokens.unsqueeze(1)  # [B, 1]
         # every cache but the global one continues its rows by one position
@@ -326,9 +340,11 @@ def generate(
             torch.Generator(device=device).manual_seed(seed + i) if seed is not None else None
             for i in range(len(rows))
         ]
-        state = (IncrementalDecoder if use_cache else Recompute)(
-            model, [r.long().to(device) for r in rows], patching
-        )
+        prompts = [r.long().to(device) for r in rows]
+        if use_cache:
+            state = IncrementalDecoder(model, prompts, patching, max_new_bytes)
+        else:
+            state = Recompute(model, prompts, patching)
         active = list(range(len(rows)))  # prompt index of each row of ``state``
         start = list(getattr(state, "patches", closed))
         while True:

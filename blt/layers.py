@@ -79,21 +79,30 @@ class KVCache:
     continue each row: a chunk starts at or before the row's next position. With ``rows`` [n] it continues
     only those rows (the global transformer steps only the rows that closed a patch); the others keep what
     they hold.
+
+    ``static``: every buffer is allocated for ``max_len`` positions up front, and a one-position step that
+    continues every row is the same tensor operations whatever the cache holds (no shape or host value
+    changes from step to step), so ``torch.compile`` and CUDA graphs can capture it; each query then reads
+    every slot through a mask (what the other mode's shortcuts avoid on the CPU).
     """
 
-    def __init__(self, stack: Transformer, batch_size: int, max_len: int | None = None):
+    def __init__(self, stack: Transformer, batch_size: int, max_len: int | None = None, static: bool = False):
         config, ref = stack.config, stack.layers[0].attn.k_proj.weight
         self.window, self.rotary = config.window, stack.rotary
+        if static and max_len is None:
+            raise ValueError("a static KV cache needs max_len (its buffers are allocated up front)")
+        self.static = static
         # a window that covers every position the rows will reach needs no ring
         self.ring = self.window is not None and (max_len is None or self.window < max_len)
-        self.size = self.window if self.ring else 16
+        self.size = self.window if self.ring else (max_len if static else 16)
         self.dtype = ref.dtype
         self.pos = torch.full((batch_size, self.size), EMPTY, dtype=torch.long, device=ref.device)
         self.rows = torch.arange(batch_size, device=ref.device).unsqueeze(1)  # [B, 1]
         self.next = torch.zeros(
             batch_size, dtype=torch.long, device=ref.device
         )  # [B] each row's next position
-        self.rot = torch.zeros(0)  # rotations [n, 1, Dh/2] of positions 0..n-1, grown on demand
+        # rotations [n, 1, Dh/2] of positions 0..n-1, grown on demand (static: all of them now)
+        self.rot = self.rotary(torch.arange(max_len, device=ref.device)) if static else torch.zeros(0)
         # host-side bounds, so that growing and dropping the mask need no sync: the next forward writes no
         # position at or past ``bound`` + its length; every row holds at least ``filled`` consecutive
         # positions ending at its latest; ``aligned``: every row holds exactly positions 0 .. filled - 1
@@ -122,6 +131,8 @@ class KVCache:
         if rows is not None:
             return self._prepare_rows(T, positions, rows)
         self.index = self.rows
+        if self.static and T == 1 and positions is None:
+            return self._static_step()
         given = positions is not None
         if not given:
             positions = self.next.unsqueeze(1)
@@ -160,6 +171,17 @@ class KVCache:
             seen = attention_mask(positions, keys, self.window)  # [B, 1, T, S or S + T]
             # an additive mask: SDPA's CPU kernel is faster with it than with a boolean one
             self.mask = torch.where(seen, 0.0, float("-inf")).to(self.dtype)
+        return positions, self.rot[positions]
+
+    def _static_step(self):
+        """prepare() of one position per row in a static cache: tensor operations only."""
+        positions = self.next.unsqueeze(1)  # [B, 1]
+        self.next = self.next + 1
+        self.slots = positions % self.size if self.ring else positions
+        self.pos.scatter_(1, self.slots, positions)
+        self.in_place, self.visible = True, None
+        seen = attention_mask(positions, self.pos, self.window)  # [B, 1, 1, S]
+        self.mask = torch.where(seen, 0.0, float("-inf")).to(self.dtype)
         return positions, self.rot[positions]
 
     def _prepare_rows(self, T: int, positions: torch.Tensor, rows: torch.Tensor):
@@ -334,10 +356,10 @@ class Transformer(nn.Module):
         self.rotary = Rotary(config.head_dim, config.rope_theta)
         self.layers = nn.ModuleList(Block(config, backend) for _ in range(config.n_layers))
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None, static: bool = False) -> KVCache:
         """An empty cache for ``batch_size`` rows; ``max_len``: how long they may grow, if known (a window
-        that covers it needs no ring)."""
-        return KVCache(self, batch_size, max_len)
+        that covers it needs no ring); ``static``: see :class:`KVCache`."""
+        return KVCache(self, batch_size, max_len, static)
 
     def begin(self, x: torch.Tensor, positions=None, cache: KVCache | None = None, segments=None, rows=None):
         """What every layer of a forward on x [B, T, dim] shares: (positions, rotations, per-layer caches)."""

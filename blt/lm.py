@@ -48,9 +48,9 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(config.dim, vocab_size, bias=False)
         init_weights(self)
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None, static: bool = False) -> KVCache:
         """An empty KV cache for ``batch_size`` rows (see :meth:`Transformer.new_cache`)."""
-        return self.transformer.new_cache(batch_size, max_len)
+        return self.transformer.new_cache(batch_size, max_len, static)
 
     def forward(
         self,

@@ -99,8 +99,8 @@ class EncoderCache:
     """What the local encoder keeps while decoding a batch: its KV cache, the last ids the hash n-grams of the
     next one reach back to, and the byte states of each row's open patch (pooled when the patch closes)."""
 
-    def __init__(self, encoder: LocalEncoder, batch_size: int, max_len: int):
-        self.kv = encoder.transformer.new_cache(batch_size, max_len)
+    def __init__(self, encoder: LocalEncoder, batch_size: int, max_len: int, static: bool = False):
+        self.kv = encoder.transformer.new_cache(batch_size, max_len, static)
         device = self.kv.pos.device
         # id 0 before the start, as LocalEncoder.embed pads a sequence
         self.recent = torch.zeros(batch_size, encoder.reach - 1, dtype=torch.long, device=device)
@@ -164,8 +164,10 @@ class LocalEncoder(nn.Module):
         n_cross = config.n_layers if config.cross_attn_all_layers else 1
         self.cross_attn_layers = nn.ModuleList(CrossAttention(config) for _ in range(n_cross))
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> EncoderCache:
-        return EncoderCache(self, batch_size, self.config.max_seq_len if max_len is None else max_len)
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None, static: bool = False) -> EncoderCache:
+        """``static``: see :class:`blt.layers.KVCache`."""
+        max_len = self.config.max_seq_len if max_len is None else max_len
+        return EncoderCache(self, batch_size, max_len, static)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, T] -> byte + hash n-gram embeddings [B, T, D] (n-grams reach back over earlier ids)."""
@@ -225,8 +227,8 @@ class GlobalTransformer(nn.Module):
         )
         self.transformer = Transformer(config, backend)
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
-        return self.transformer.new_cache(batch_size, max_len)
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None, static: bool = False) -> KVCache:
+        return self.transformer.new_cache(batch_size, max_len, static)
 
     def forward(self, patches: torch.Tensor, positions=None, cache: KVCache | None = None, rows=None):
         """patches [B, P, D_enc * k] -> latent states [B, P, D_global] (``rows``: see Transformer.forward)."""
@@ -238,8 +240,8 @@ class DecoderCache:
     """What the local decoder keeps while decoding a batch: its KV cache and, for every cross-attention
     layer, the keys/values of each row's latest closed patch."""
 
-    def __init__(self, decoder: LocalDecoder, batch_size: int, max_len: int):
-        self.kv = decoder.transformer.new_cache(batch_size, max_len)
+    def __init__(self, decoder: LocalDecoder, batch_size: int, max_len: int, static: bool = False):
+        self.kv = decoder.transformer.new_cache(batch_size, max_len, static)
         self.patch: list[tuple[torch.Tensor, torch.Tensor]] = []  # per cross layer: [B, H, k_rep, Dh] each
 
     def select(self, rows: torch.Tensor) -> None:
@@ -269,8 +271,10 @@ class LocalDecoder(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = nn.Linear(config.dim, vocab_size, bias=False)
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> DecoderCache:
-        return DecoderCache(self, batch_size, self.config.max_seq_len if max_len is None else max_len)
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None, static: bool = False) -> DecoderCache:
+        """``static``: see :class:`blt.layers.KVCache`."""
+        max_len = self.config.max_seq_len if max_len is None else max_len
+        return DecoderCache(self, batch_size, max_len, static)
 
     def patch_rows(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent patch states [B, P, D_global] -> the key/value rows [B, P * k_rep, D] bytes attend to."""

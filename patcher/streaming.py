@@ -23,7 +23,8 @@ class StreamingPatcher:
     """Patches ``batch_size`` sequences fed together (each :meth:`feed` adds n ids to every row).
 
     Rows may be at different positions (:meth:`add_rows` joins patchers fed separately). ``max_len``: how long
-    the rows may grow, if known (only sizes the entropy model's cache).
+    the rows may grow, if known (only sizes the entropy model's cache); ``static``: the entropy model's cache
+    is static (see :class:`blt.layers.KVCache`).
     """
 
     def __init__(
@@ -32,6 +33,7 @@ class StreamingPatcher:
         model: EntropyModel | None = None,
         batch_size: int = 1,
         max_len: int | None = None,
+        static: bool = False,
     ):
         if patching.scheme in ENTROPY_SCHEMES and model is None:
             raise ValueError(f"scheme {patching.scheme!r} needs an entropy model")
@@ -39,7 +41,7 @@ class StreamingPatcher:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.patching, self.model = patching, model
-        self.cache = model.new_cache(batch_size, max_len) if model is not None else None
+        self.cache = model.new_cache(batch_size, max_len, static) if model is not None else None
         device = next(model.parameters()).device if model is not None else torch.device("cpu")
         self.length = torch.zeros(batch_size, dtype=torch.long, device=device)  # [B] positions fed so far
         self.tail_ids = torch.zeros(batch_size, 0, dtype=torch.long, device=device)  # [B, <=TAIL]
