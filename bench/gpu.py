@@ -30,6 +30,7 @@ Otherwise the exit status is 0 when every part that ran is ok, else 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -228,7 +229,10 @@ def run_part(name: str, limit: float, out: Path, args) -> dict:
         cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-v", "-p", "no:cacheprovider"]
         cmd += [f"--junitxml={xml}", "tests/test_cuda.py"]
         rc, seconds, timed_out = run_command(cmd, limit, log, env)
-        result = junit_summary(xml) if xml.exists() else verbose_summary(log.read_text(errors="replace"))
+        try:
+            result = junit_summary(xml)
+        except (OSError, ET.ParseError):  # killed before (or while) pytest wrote it
+            result = verbose_summary(log.read_text(errors="replace"))
         result["returncode"] = rc
         record = {"seconds": seconds, "log": f"logs/{log.name}", "result": result}
         if timed_out:
@@ -245,9 +249,7 @@ def run_part(name: str, limit: float, out: Path, args) -> dict:
     for module in args.pretend_missing:
         cmd += ["--pretend-missing", module]
     rc, seconds, timed_out = run_command(cmd, limit, log, env)
-    records = (
-        [json.loads(line) for line in rows.read_text().splitlines() if line.strip()] if rows.exists() else []
-    )
+    records = read_records(rows)
     info: dict = {}
     for r in records:
         info.update(r.get("info", {}))
@@ -261,6 +263,15 @@ def run_part(name: str, limit: float, out: Path, args) -> dict:
     if rc != 0 or not any(r.get("done") for r in records):
         return record | {"status": "error", "error": tail(log)}
     return record | {"status": "ok"}
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON lines a part wrote; a line cut short by a kill is left out."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
 
 
 def run_command(cmd: list[str], limit: float, log: Path, env: dict) -> tuple[int | None, float, bool]:
@@ -420,11 +431,11 @@ def run_worker(args) -> int:
         if args.pretend_missing:
             sys.meta_path.insert(0, _Missing(args.pretend_missing))
         ctx = Context(args.dry_run, args.limit, emit)
-        if args.dry_run:
-            import torch
-
-            torch.set_num_threads(1)  # toy sizes: more threads only fight over a shared CPU
         try:
+            if args.dry_run:
+                import torch
+
+                torch.set_num_threads(1)  # toy sizes: more threads only fight over a shared CPU
             WORKERS[args.worker](ctx)
         except ModuleNotFoundError as e:
             traceback.print_exc()

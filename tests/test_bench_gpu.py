@@ -111,10 +111,17 @@ def test_missing_dependency_skips_its_part(tmp_path):
 
 
 def test_a_part_failing_to_import_is_skipped_and_named(tmp_path):
-    result = run_script("--out", str(tmp_path), "--dry-run", "--parts", "kernels", "--pretend-missing", "blt")
+    # a module no part declares fails inside the part's process (torch: the first one it imports)
+    result = run_script(
+        "--out", str(tmp_path), "--dry-run", "--parts", "kernels", "--pretend-missing", "torch"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     part = read(tmp_path)[0]["parts"]["kernels"]
-    assert part["status"] == "skipped" and part["reason"] == "missing dependency: blt (failed to import)"
+    assert part["status"] == "skipped" and part["reason"] == "missing dependency: torch (failed to import)"
+    assert (
+        "ModuleNotFoundError: No module named 'torch' (--pretend-missing)"
+        in (tmp_path / part["log"]).read_text()
+    )
 
 
 def test_a_part_past_its_budget_is_killed_and_the_rest_run(tmp_path):
