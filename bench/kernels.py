@@ -9,6 +9,7 @@ tables of 500002 rows), with time and peak memory.
     python bench/kernels.py                      # CPU, small widths, T = 512 .. 8192
     python bench/kernels.py --device cuda        # GPU, BLT-1B shapes, T = 2048 .. 8192
     python bench/kernels.py --data /work/shared/corpora/jargon.txt   # real bytes instead of random ones
+    python bench/kernels.py --json               # one JSON object per row (what bench/gpu.py reads)
 
 Patch lengths are drawn uniformly from 1..8 (mean 4.5 bytes, about the BLT paper's) with a fixed seed.
 Times are the fastest of --reps runs (forward + backward, except the entropy: forward without gradients);
@@ -21,9 +22,10 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -50,6 +52,7 @@ SHAPES = {  # per device: batch, local dim, heads, hash tables (n-gram sizes), r
     },
 }
 K_REP = 2
+DEFAULT_LENGTHS = {"cpu": [512, 1024, 2048, 4096, 8192], "cuda": [2048, 4096, 8192]}
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -149,6 +152,39 @@ def measure(fn: Callable, inputs: tuple, backward: bool, reps: int, device: str)
     return min(times), peak
 
 
+def measure_rows(
+    device: str, lengths: list[int], reps: int, baseline_max: int, data: str | None = None
+) -> Iterator[dict]:
+    """One row per operation and sequence length: times in ms and peak memory in MB, ours and the
+    baseline's (None past ``baseline_max``). bench/gpu.py takes the rows as they come."""
+    shape = SHAPES[device]
+    for T in lengths:
+        g = torch.Generator().manual_seed(T)
+        ids = read_ids(data, shape["B"], T, g)
+        for name, ours, baseline, inputs, backward in cases(shape, shape["B"], T, device, ids, g):
+            ours_ms, ours_mb = measure(ours, inputs, backward, reps, device)
+            row = {"operation": name, "T": T, "ours_ms": ours_ms, "ours_peak_mb": ours_mb}
+            row.update(baseline_ms=None, baseline_peak_mb=None, speedup=None)
+            if baseline_max >= T:  # the quadratic baselines are skipped past --baseline-max
+                base_ms, base_mb = measure(baseline, inputs, backward, reps, device)
+                row.update(baseline_ms=base_ms, baseline_peak_mb=base_mb, speedup=base_ms / ours_ms)
+            yield row
+
+
+def table_row(row: dict) -> str:
+    base = ["-", "-", "-"]
+    if row["baseline_ms"] is not None:
+        base = [f"{row['baseline_ms']:.1f}", f"{row['speedup']:.1f}x", f"{row['baseline_peak_mb']:.0f}"]
+    cells = [row["operation"], str(row["T"]), f"{row['ours_ms']:.1f}", base[0], base[1]]
+    return "| " + " | ".join([*cells, f"{row['ours_peak_mb']:.0f}", base[2]]) + " |"
+
+
+TABLE_HEADER = (
+    "| operation | T | ours ms | baseline ms | baseline / ours | ours peak MB | baseline peak MB |\n"
+    "|---|---|---|---|---|---|---|"
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -163,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=1, help="CPU threads (1: steadier on a shared machine)"
     )
     parser.add_argument("--data", help="a text file whose bytes are used as ids (default: random bytes)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
     args = parser.parse_args(argv)
     if args.reps < 1 or args.threads < 1 or any(T < 1 for T in args.lengths or []):
         parser.error("--reps, --threads and every --lengths value must be >= 1")
@@ -171,29 +208,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here (the Triton kernels need one)")
     shape = SHAPES[args.device]
-    # glibc keeps freed blocks below a moving threshold in its heap, which hides later peaks from the RSS
-    # high-water mark: a fixed threshold makes every large tensor its own mapping
-    ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 16)
-    lengths = args.lengths or ([512, 1024, 2048, 4096, 8192] if args.device == "cpu" else [2048, 4096, 8192])
+    prepare_memory_accounting()
+    lengths = args.lengths or DEFAULT_LENGTHS[args.device]
     baseline_max = args.baseline_max or (4096 if args.device == "cpu" else 8192)
     torch.set_num_threads(args.threads)
-    print(
-        f"device={args.device} B={shape['B']} D={shape['D']} H={shape['H']} k_rep={K_REP} "
-        f"dtype={shape['dtype']} threads={torch.get_num_threads()}"
-    )
-    print("| operation | T | ours ms | baseline ms | baseline / ours | ours peak MB | baseline peak MB |")
-    print("|---|---|---|---|---|---|---|")
-    for T in lengths:
-        g = torch.Generator().manual_seed(T)
-        ids = read_ids(args.data, shape["B"], T, g)
-        for name, ours, baseline, inputs, backward in cases(shape, shape["B"], T, args.device, ids, g):
-            ours_ms, ours_mb = measure(ours, inputs, backward, args.reps, args.device)
-            base = ["-", "-", "-"]  # the quadratic baselines are skipped past --baseline-max
-            if baseline_max >= T:
-                base_ms, base_mb = measure(baseline, inputs, backward, args.reps, args.device)
-                base = [f"{base_ms:.1f}", f"{base_ms / ours_ms:.1f}x", f"{base_mb:.0f}"]
-            row = [name, str(T), f"{ours_ms:.1f}", base[0], base[1], f"{ours_mb:.0f}", base[2]]
-            print("| " + " | ".join(row) + " |", flush=True)
+    if not args.json:
+        print(
+            f"device={args.device} B={shape['B']} D={shape['D']} H={shape['H']} k_rep={K_REP} "
+            f"dtype={shape['dtype']} threads={torch.get_num_threads()}"
+        )
+        print(TABLE_HEADER)
+    for row in measure_rows(args.device, lengths, args.reps, baseline_max, args.data):
+        print(json.dumps(row) if args.json else table_row(row), flush=True)
+
+
+def prepare_memory_accounting() -> None:
+    """glibc keeps freed blocks below a moving threshold in its heap, which hides later peaks from the RSS
+    high-water mark: a fixed threshold makes every large tensor its own mapping."""
+    ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 16)
 
 
 if __name__ == "__main__":

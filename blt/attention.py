@@ -41,9 +41,9 @@ def causal_attention(
         backend = "sdpa"  # flex and xformers kernels exist only on CUDA
     gqa = k.shape[1] != q.shape[1]
     if backend != "sdpa":
-        if gqa:
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        if gqa:  # the group size read once: after k is repeated, k.shape[1] no longer tells it
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         if backend == "flex":
             return flex_causal_attention(q, k, v, q_pos, k_pos, window, q_seg, k_seg)
         return xformers_causal_attention(q, k, v, q_pos, k_pos, window, q_seg, k_seg)

@@ -39,6 +39,18 @@ def _data_cache(tmp_path_factory):
         os.environ["BLT_CACHE_DIR"] = old
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped where torch sees no CUDA device (the suite stays CPU-only)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 def _make_text(rng: random.Random, n_bytes: int) -> str:
     """Deterministic English-like lines (words of a small vocabulary) of about ``n_bytes`` bytes."""
     lines, size = [], 0
