@@ -185,9 +185,10 @@ def test_entropy_model_long_and_packed(monkeypatch):
 
 
 def test_blt_long_input(monkeypatch):
-    """The local encoder and decoder (window 8) of the tiny BLT over 1100 bytes: same logits and gradients."""
+    """The local encoder and decoder (window 8) and the entropy model (window 16) of the tiny BLT over a
+    whole number of chunks: same logits and gradients."""
     model = tiny_blt(max_seq_len=2048)
-    T = attention.CHUNKED_FROM * window_chunk(8) + 76
+    T = (attention.CHUNKED_FROM + 1) * window_chunk(8)
     ids = torch.randint(4, 260, (1, T), generator=torch.Generator().manual_seed(3))
 
     def run():
