@@ -2,6 +2,11 @@
 
 Both compute exactly the mask of :func:`blt.masks.attention_mask` (causal by position, optional sliding
 window, optional segments). Only the mask construction runs on the CPU (tested there); the kernels need CUDA.
+flex_attention runs compiled (uncompiled it is a reference that materialises every score).
+
+A windowed stack over its own input (positions stepping by one) gets a block mask from the shape alone
+(:func:`window_block_mask`, cached per shape): the blocks of the band j <= i < j + window, those wholly
+inside it marked full, so that the cost and the memory grow linearly with T.
 
 xformers takes structured masks: bottom-right causal (queries continuing a KV cache) and block-diagonal
 (packed segments without a window, one block per run of equal segment ids). Segment runs assume positions that step by one
@@ -9,6 +14,8 @@ inside each run, which is how packed rows are built; other inputs get a dense bi
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -41,12 +48,108 @@ def flex_mask_mod(
 
 def flex_causal_attention(q, k, v, q_pos, k_pos, window=None, q_seg=None, k_seg=None) -> torch.Tensor:
     """q, k, v: [B, H, T, D] (CUDA) -> [B, H, Tq, D]."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
 
     B, _, Tq, _ = q.shape
     mask_mod = flex_mask_mod(q_pos, k_pos, window, q_seg, k_seg, B)
     block_mask = create_block_mask(mask_mod, B, None, Tq, k.shape[2], device=q.device)
-    return flex_attention(q, k, v, block_mask=block_mask)
+    return flex()(q, k, v, block_mask=block_mask)
+
+
+def flex():
+    """flex_attention compiled once (inside a compiled graph, the plain function: it is traced there)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention if torch.compiler.is_compiling() else _compiled_flex()
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+def window_mask_mod(window: int, segments: torch.Tensor | None = None):
+    """``mask_mod`` of the band j <= i < j + window by index (and within a segment, segments [B, T])."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        allowed = (kv_idx <= q_idx) & (q_idx - kv_idx < window)
+        if segments is not None:
+            allowed = allowed & (segments[b, q_idx] == segments[b, kv_idx])
+        return allowed
+
+    return mask_mod
+
+
+def window_blocks(T: int, window: int, block: int, device, full: bool):
+    """Which key blocks every query block of the band j <= i < j + window touches, [1, 1, nb] counts and
+    [1, 1, nb, nb] block indices (int32, the ones used first); with ``full``, (partial, full) separately,
+    a full block lying wholly inside the band (its mask is not evaluated), else (all, None)."""
+    nb = -(-T // block)
+    first = torch.arange(nb, device=device) * block  # first index of each block
+    last = first + block - 1  # of a whole block: the ragged last one is only ever partial
+    qf, ql, kf, kl = first[:, None], last[:, None], first[None, :], last[None, :]
+    touched = (kf <= ql) & (kl > qf - window)  # some (i, j) of the blocks in the band
+    inside = (kl <= qf) & (kf > ql - window) if full else torch.zeros_like(touched)  # every (i, j) in it
+
+    def ordered(blocks):  # [nb, nb] bool -> counts [1, 1, nb], indices [1, 1, nb, nb]
+        counts = blocks.sum(-1, dtype=torch.int32)
+        indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return counts[None, None], indices[None, None]
+
+    partial = ordered(touched & ~inside)
+    return (partial, ordered(inside)) if full else (partial, None)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_block_mask(T: int, window: int, device: torch.device, segmented: bool, block: int):
+    return _block_mask(T, window, device, segmented, block)
+
+
+def _block_mask(T, window, device, segmented, block):
+    from torch.nn.attention.flex_attention import BlockMask
+
+    partial, full = window_blocks(T, window, block, device, full=not segmented)
+    full = (None, None) if full is None else full
+    return BlockMask.from_kv_blocks(
+        *partial, *full, BLOCK_SIZE=block, mask_mod=window_mask_mod(window), seq_lengths=(T, T)
+    )
+
+
+def window_block_mask(T: int, window: int, device, segments: torch.Tensor | None = None, block: int = 128):
+    """The flex_attention BlockMask of sliding-window self-attention over T positions stepping by one.
+
+    Its blocks depend on the shape alone and are built once per (T, window, device, segments or not); with
+    segments [B, T], every block of the band is partial and the mask_mod compares segment ids too.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    device = torch.device(device)
+    build = _block_mask if torch.compiler.is_compiling() else _cached_block_mask
+    shape = build(T, window, device, segments is not None, block)
+    if segments is None:
+        return shape
+    return BlockMask(
+        shape.seq_lengths,
+        shape.kv_num_blocks,
+        shape.kv_indices,
+        None,
+        None,
+        shape.q_num_blocks,
+        shape.q_indices,
+        None,
+        None,
+        BLOCK_SIZE=shape.BLOCK_SIZE,
+        mask_mod=window_mask_mod(window, segments),
+    )
+
+
+def flex_window_attention(q, k, v, window: int, segments=None) -> torch.Tensor:
+    """Sliding-window causal self-attention over positions stepping by one (within segments [B, T]):
+    q [B, H, T, D], k, v [B, Hkv, T, D] (CUDA) -> [B, H, T, D]."""
+    block_mask = window_block_mask(q.shape[2], window, q.device, segments)
+    return flex()(q, k, v, block_mask=block_mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def _runs(segments: torch.Tensor) -> list[int]:

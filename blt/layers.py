@@ -286,7 +286,7 @@ class SelfAttention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
         self.projected = config.dim * (self.n_heads + 2 * self.n_kv) * self.head_dim  # q/k/v weights
 
-    def forward(self, x, rot, positions, cache: LayerCache | None = None, segments=None):
+    def forward(self, x, rot, positions, cache: LayerCache | None = None, segments=None, consecutive=False):
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         if cache is not None and cache.qkv is not None:
@@ -302,8 +302,9 @@ class SelfAttention(nn.Module):
         if cache is None:
             drop = self.dropout if self.training else 0.0
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hkv, T, D]
+            seg = segments
             y = causal_attention(
-                q, k, v, positions, positions, self.window, segments, segments, self.backend, drop
+                q, k, v, positions, positions, self.window, seg, seg, self.backend, drop, consecutive
             )
         else:
             k, v = cache.update(k, v)  # the cache's [B, Hkv, S, D]
@@ -339,9 +340,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config.dim, config.hidden_dim)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, rot, positions, cache: LayerCache | None = None, segments=None):
+    def forward(self, x, rot, positions, cache: LayerCache | None = None, segments=None, consecutive=False):
         # in eval mode dropout is the identity: skipping its call matters when decoding byte by byte
-        h = self.attn(self.attn_norm(x), rot, positions, cache, segments)
+        h = self.attn(self.attn_norm(x), rot, positions, cache, segments, consecutive)
         x = x + (self.dropout(h) if self.training else h)
         h = self.mlp(self.mlp_norm(x), cache.gate_up if cache is not None else None)
         return x + (self.dropout(h) if self.training else h)
@@ -361,23 +362,33 @@ class Transformer(nn.Module):
         that covers it needs no ring); ``static``: see :class:`KVCache`."""
         return KVCache(self, batch_size, max_len, static)
 
-    def begin(self, x: torch.Tensor, positions=None, cache: KVCache | None = None, segments=None, rows=None):
-        """What every layer of a forward on x [B, T, dim] shares: (positions, rotations, per-layer caches)."""
+    def begin(
+        self,
+        x: torch.Tensor,
+        positions=None,
+        cache: KVCache | None = None,
+        segments=None,
+        consecutive=False,
+        rows=None,
+    ):
+        """What every layer of a forward on x [B, T, dim] shares: (positions, rotations, per-layer caches,
+        whether the positions step by one: the default ones do, given ones when ``consecutive`` says so)."""
         B, T, _ = x.shape
         if rows is not None:
             if cache is None or positions is None or rows.shape[0] != B:
                 raise ValueError("rows [n] continue n rows of a KV cache at given positions [n, T]")
-            return (*cache.prepare(T, positions, rows), cache.layers)
+            return (*cache.prepare(T, positions, rows), cache.layers, False)
         if cache is None:
+            consecutive = consecutive or positions is None
             positions = torch.arange(T, device=x.device) if positions is None else positions
-            return positions, self.rotary(positions), [None] * len(self.layers)
+            return positions, self.rotary(positions), [None] * len(self.layers), consecutive
         if segments is not None:
             raise ValueError("a KV cache takes no segment ids (it keeps one sequence per row)")
         if cache.batch_size != B:
             raise ValueError(f"the KV cache holds {cache.batch_size} rows but the input has {B}")
         if positions is not None and positions.dim() == 1:
             positions = positions.expand(B, T)
-        return (*cache.prepare(T, positions), cache.layers)
+        return (*cache.prepare(T, positions), cache.layers, False)
 
     def forward(
         self,
@@ -385,16 +396,21 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segments: torch.Tensor | None = None,
+        consecutive: bool = False,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: [B, T, dim]; positions: [T] or [B, T] (default 0..T-1, or continuing every row of the cache).
 
         With ``cache`` the input continues what the cache holds and is added to it; with ``rows`` [n] too, x
-        [n, T, dim] continues only those rows of the cache, at ``positions`` [n, T].
+        [n, T, dim] continues only those rows of the cache, at ``positions`` [n, T]. ``consecutive``: the
+        given positions step by one from each element to the next (restarting at segment starts), which
+        lets a windowed stack attend in memory linear in T (:func:`blt.attention.causal_attention`).
         """
-        positions, rot, layer_caches = self.begin(x, positions, cache, segments, rows)
+        positions, rot, layer_caches, consecutive = self.begin(
+            x, positions, cache, segments, consecutive, rows
+        )
         for layer, layer_cache in zip(self.layers, layer_caches):
-            x = layer(x, rot, positions, layer_cache, segments)
+            x = layer(x, rot, positions, layer_cache, segments, consecutive)
         return x
 
 

@@ -58,7 +58,9 @@ class CausalLM(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segments: torch.Tensor | None = None,
+        consecutive: bool = False,
     ) -> torch.Tensor:
-        """ids: [B, T] -> logits [B, T, vocab] in float32; with ``cache`` the ids continue its rows."""
-        h = self.transformer(self.embed_tokens(ids), positions, cache, segments)
+        """ids: [B, T] -> logits [B, T, vocab] in float32; with ``cache`` the ids continue its rows.
+        ``consecutive``: given positions step by one (restarting at segment starts; see Transformer)."""
+        h = self.transformer(self.embed_tokens(ids), positions, cache, segments, consecutive)
         return self.lm_head(self.norm(h)).float()

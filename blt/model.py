@@ -302,7 +302,8 @@ class LocalDecoder(nn.Module):
         if rows is None and cache is None:
             raise ValueError("the decoder needs patch rows, or a cache holding the patch each row reads")
         stack = self.transformer
-        positions, rot, layer_caches = stack.begin(h, positions, cache.kv if cache is not None else None)
+        kv = cache.kv if cache is not None else None
+        positions, rot, layer_caches, consecutive = stack.begin(h, positions, kv)
         crosses = list(self.cross_attn_layers)
         if rows is None:  # every byte reads its row's one cached patch
             attend, patches = patch_ops.one_patch_attention, cache.patch
@@ -312,7 +313,7 @@ class LocalDecoder(nn.Module):
         for i, (layer, layer_cache) in enumerate(zip(stack.layers, layer_caches)):
             if i < len(crosses):
                 h = crosses[i](h, rows, attend, patches[i])
-            h = layer(h, rot, positions, layer_cache)
+            h = layer(h, rot, positions, layer_cache, consecutive=consecutive)
         return self.lm_head(self.norm(h)).float()
 
 

@@ -67,7 +67,8 @@ class EntropyModel(CausalLM):
                 shape = tuple(getattr(segments, "shape", ()))
                 raise ValueError(f"segments must be a tensor of the ids' shape {tuple(ids.shape)}, got {shape}")
             positions = segment_positions(segments)
-            return fused_entropy(self(ids, positions=positions, segments=segments))
+            # positions restart at every document and step by one inside it: windowed attention stays linear
+            return fused_entropy(self(ids, positions=positions, segments=segments, consecutive=True))
         chunk_size = self.config.max_seq_len if chunk_size is None else chunk_size
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
