@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from tiny_blt import random_ids, tiny_blt
 
+from blt.attention import attention_mask
+from blt.attention_cuda import xformers_bias
 from blt.baseline import BaselineLM, train_tokenizer
 from blt.config import BaselineConfig, PatchingConfig
 from blt.patcher import patch_lengths
@@ -129,3 +131,14 @@ def test_check_false_skips_values_but_not_shapes():
         model(ids, static_lengths(ids), torch.zeros(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="next_starts needs patch_lengths"):
         model(ids, next_starts=torch.zeros(2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_xformers_self_attention_mask_reads_no_positions(window):
+    pytest.importorskip("xformers.ops")
+    meta = torch.arange(7, device="meta")  # reading a value back would fail: the mask comes from shapes
+    bias, flatten = xformers_bias(meta, meta, window, None, None, 2)
+    assert not flatten and not isinstance(bias, torch.Tensor)
+    positions = torch.arange(7)
+    bias, _ = xformers_bias(positions, positions, window, None, None, 2)
+    assert torch.equal(bias.materialize((7, 7)) == 0, attention_mask(positions, positions, window)[0, 0])
