@@ -474,4 +474,3 @@ class BLT(nn.Module):
     def from_pretrained(cls, path: str | Path, backend: str = "sdpa") -> BLT:
         """Our ``blt`` checkpoint, a transformers BLT directory or a blt run directory, in eval mode."""
         return load_pretrained(path, KIND, lambda config, _: cls(config, backend))
-
