@@ -79,7 +79,7 @@ def causal_attention(
         and q_seg is None
         and q.shape[2] == k.shape[2]
         and (consecutive or (q_pos.dim() == 1 and k_pos.dim() == 1))
-        and (consecutive or q_pos is k_pos or bool(torch.equal(q_pos, k_pos)))
+        and (consecutive or q_pos is k_pos)  # the same tensor (self-attention): equal values would need a host read
     )
     if plain_causal:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)

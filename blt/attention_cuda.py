@@ -174,9 +174,14 @@ def xformers_bias(q_pos, k_pos, window, q_seg, k_seg, batch: int, dtype=torch.fl
     Tq, Tk = q_pos.shape[-1], k_pos.shape[-1]
     one_d = q_pos.dim() == 1 and k_pos.dim() == 1
     if q_seg is None and one_d and Tq <= Tk:
-        # a chunk continuing a cache: contiguous positions, queries aligned with the last keys
-        expected = torch.arange(int(k_pos[0]), int(k_pos[0]) + Tk, device=k_pos.device)
-        if torch.equal(k_pos, expected) and torch.equal(q_pos, k_pos[Tk - Tq :]):
+        # self-attention over one positions tensor needs no host read: without a cache 1-D positions are
+        # Transformer.begin's 0..T-1; else a chunk continuing a cache: contiguous positions, queries aligned
+        # with the last keys
+        aligned = q_pos is k_pos
+        if not aligned:
+            expected = torch.arange(int(k_pos[0]), int(k_pos[0]) + Tk, device=k_pos.device)
+            aligned = torch.equal(k_pos, expected) and torch.equal(q_pos, k_pos[Tk - Tq :])
+        if aligned:
             if window is None:
                 return fmha.attn_bias.LowerTriangularFromBottomRightMask(), False
             return fmha.attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(window), False

@@ -40,7 +40,7 @@ import torch
 
 from blt.config import check, doc, to_dict
 from blt.data_sources import STDLIB, source_documents, source_fingerprint
-from blt.tokenizer import BOS_ID, EOS_ID, OFFSET
+from blt.tokenizer import BOS_ID, EOS_ID, OFFSET, check_ids
 
 SPLITS = ("train", "val")
 CACHE_VERSION = 2
@@ -320,6 +320,7 @@ class PackedBatches(torch.utils.data.IterableDataset):
         b, n = self.config.batch_size, self.config.seq_len
         windows = self._windows(epoch)[j * b : (j + 1) * b]
         rows = np.stack([self.ids[w * n : w * n + n + 1] for w in windows.tolist()])
+        check_ids(rows)  # once per batch on the host, so the models need not read ids back from a device
         return torch.from_numpy(rows.astype(np.int64))  # [batch_size, seq_len + 1]
 
     def __iter__(self) -> Iterator[torch.Tensor]:

@@ -49,6 +49,7 @@ from blt.patch_ops import decoder_patch_ids
 from blt.patcher import EntropyModel
 from blt.patcher.schemes import ENTROPY_SCHEMES, decide_starts, lengths_from_starts
 from blt.tokenizer import check_id_batch
+from blt.validation import checks_values
 
 KIND = "blt"
 
@@ -333,6 +334,25 @@ def check_blt_config(config: BLTConfig) -> None:
     )
 
 
+def check_length_values(lengths: torch.Tensor, T: int) -> None:
+    """Clear errors for patch lengths [B, P] (int64) that do not cut a sequence of T ids into patches: a
+    negative length, a row not summing to T, an empty patch before a non-empty one. Reads their values."""
+    if (lengths < 0).any():
+        row, col = (lengths < 0).nonzero()[0].tolist()
+        raise ValueError(f"patch_lengths[{row}, {col}] = {int(lengths[row, col])} is negative")
+    sums = lengths.sum(-1)
+    if (sums != T).any():
+        row = int((sums != T).nonzero()[0])
+        raise ValueError(f"patch_lengths row {row} sums to {int(sums[row])}, but the sequence has {T} ids")
+    # zeros are right padding only: an empty patch inside a row would shift the decoder's patch ids
+    nonzero = lengths > 0
+    if (nonzero[:, 1:] & ~nonzero[:, :-1]).any():
+        row = int((nonzero[:, 1:] & ~nonzero[:, :-1]).any(-1).nonzero()[0])
+        raise ValueError(
+            f"patch_lengths row {row} has an empty patch before a non-empty one (pad on the right)"
+        )
+
+
 class BLT(nn.Module):
     """Byte Latent Transformer; ``patcher`` (frozen EntropyModel) exists iff ``config.entropy_model`` is set."""
 
@@ -364,16 +384,19 @@ class BLT(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # input checks and patching
 
-    def check_ids(self, ids: torch.Tensor) -> None:
-        check_id_batch(ids, self.config.vocab_size)
+    def check_ids(self, ids: torch.Tensor, check: bool | None = None) -> None:
+        check_id_batch(ids, self.config.vocab_size, check)
         limit = min(self.config.encoder.max_seq_len, self.config.decoder.max_seq_len)
         if ids.shape[1] > limit:
             raise ValueError(
                 f"sequence of {ids.shape[1]} ids is longer than the configured maximum of {limit}"
             )
 
-    def check_patch_lengths(self, lengths: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Validate caller-given patch lengths [B, P] against ids [B, T]; returns them as int64."""
+    def check_patch_lengths(
+        self, lengths: torch.Tensor, ids: torch.Tensor, check: bool | None = None
+    ) -> torch.Tensor:
+        """Validate caller-given patch lengths [B, P] against ids [B, T]; returns them as int64 on the ids'
+        device. Shapes always, values as ``check`` says (:func:`blt.validation.checks_values`)."""
         B, T = ids.shape
         if not isinstance(lengths, torch.Tensor) or lengths.dim() != 2:
             raise ValueError(
@@ -385,30 +408,16 @@ class BLT(nn.Module):
             raise ValueError(f"patch_lengths has {lengths.shape[0]} rows but ids has {B}")
         if lengths.shape[1] == 0:
             raise ValueError("patch_lengths has no patches")
-        lengths = lengths.long().to(ids.device)
-        if (lengths < 0).any():
-            row, col = (lengths < 0).nonzero()[0].tolist()
-            raise ValueError(f"patch_lengths[{row}, {col}] = {int(lengths[row, col])} is negative")
-        sums = lengths.sum(-1)
-        if (sums != T).any():
-            row = int((sums != T).nonzero()[0])
-            raise ValueError(
-                f"patch_lengths row {row} sums to {int(sums[row])}, but the sequence has {T} ids"
-            )
-        # zeros are right padding only: an empty patch inside a row would shift the decoder's patch ids
-        nonzero = lengths > 0
-        if (nonzero[:, 1:] & ~nonzero[:, :-1]).any():
-            row = int((nonzero[:, 1:] & ~nonzero[:, :-1]).any(-1).nonzero()[0])
-            raise ValueError(
-                f"patch_lengths row {row} has an empty patch before a non-empty one (pad on the right)"
-            )
         if lengths.shape[1] > self.config.global_transformer.max_seq_len:
             raise ValueError(
                 f"{lengths.shape[1]} patches exceed global_transformer.max_seq_len "
                 f"({self.config.global_transformer.max_seq_len})"
             )
-        return lengths
+        if checks_values(check, lengths):  # before the copy to the ids' device: on the host when it is free
+            check_length_values(lengths.long(), T)
+        return lengths.long().to(ids.device)
 
+    @torch.compiler.disable  # data-dependent: the number of patches is a value here, a shape after it
     @torch.no_grad()
     def compute_patches(
         self, ids: torch.Tensor, patching: PatchingConfig | None = None
@@ -435,18 +444,28 @@ class BLT(nn.Module):
     # forward
 
     def forward(
-        self, ids: torch.Tensor, patch_lengths: torch.Tensor | None = None, *, patching=None
+        self,
+        ids: torch.Tensor,
+        patch_lengths: torch.Tensor | None = None,
+        next_starts: torch.Tensor | None = None,
+        *,
+        patching=None,
+        check: bool | None = None,
     ) -> BLTOutput:
         """ids [B, T] -> logits [B, T, vocab]; patches from ``patch_lengths`` [B, P] or the configured patching.
 
-        Caller-given lengths are taken as they are (the last byte then reads the patch before its own).
+        Caller-given lengths are taken as they are; ``next_starts`` [B] (bool, from :meth:`compute_patches`)
+        says whether position T starts a patch, which decides what the last byte reads (None: it does not).
         ``patching`` overrides ``config.patching`` for this call only (the config stays as it is): a
         PatchingConfig, or a dict of some of its fields, or with ``target_patch_size`` /
         ``target_flops_per_byte`` a threshold calibrated on ``ids`` (:func:`blt.eval.dial.resolve_patching`).
+        ``check`` says whether the values of ids and lengths are validated (shapes always are): by default
+        when they are on the CPU and nothing is being compiled (:func:`blt.validation.checks_values`). With
+        patch lengths given the forward has no graph break and no host sync: ``torch.compile(fullgraph=True)``
+        takes it.
         """
-        self.check_ids(ids)
-        T = ids.shape[1]
-        next_starts = None
+        self.check_ids(ids, check)
+        B, T = ids.shape
         if patching is not None:
             if patch_lengths is not None:
                 raise ValueError(
@@ -456,8 +475,12 @@ class BLT(nn.Module):
 
             patching = resolve_patching(self, patching, ids)
         if patch_lengths is None:
+            if next_starts is not None:
+                raise ValueError("next_starts needs patch_lengths: it belongs to a given patching")
             patch_lengths, next_starts = self.compute_patches(ids, patching)
-        lengths = self.check_patch_lengths(patch_lengths, ids)
+        if next_starts is not None and tuple(next_starts.shape) != (B,):
+            raise ValueError(f"next_starts must have shape [{B}], got {tuple(next_starts.shape)}")
+        lengths = self.check_patch_lengths(patch_lengths, ids, check)
         P = lengths.shape[1]
 
         h = self.encoder(ids)  # [B, T, De]
@@ -479,4 +502,3 @@ class BLT(nn.Module):
     def from_pretrained(cls, path: str | Path, backend: str = "sdpa") -> BLT:
         """Our ``blt`` checkpoint, a transformers BLT directory or a blt run directory, in eval mode."""
         return load_pretrained(path, KIND, lambda config, _: cls(config, backend))
-

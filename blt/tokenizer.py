@@ -11,6 +11,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from blt.validation import checks_values
+
 BOE_ID = PAD_ID = 0
 BOS_ID = 1
 EOS_ID = 2
@@ -66,12 +68,16 @@ def decode_text(ids: torch.Tensor | Iterable[int], errors: str = "replace") -> s
     return decode(ids).decode("utf-8", errors=errors)
 
 
-def check_id_batch(ids: torch.Tensor, vocab_size: int = VOCAB_SIZE) -> None:
-    """Clear errors for a model input a user can get wrong: not [B, T], not integers, empty, ids out of range."""
+def check_id_batch(ids: torch.Tensor, vocab_size: int = VOCAB_SIZE, check: bool | None = None) -> None:
+    """Clear errors for a model input a user can get wrong: not [B, T], not integers, empty, ids out of range.
+
+    The range is checked as ``check`` says (:func:`blt.validation.checks_values`: by default on the CPU only).
+    """
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
         raise ValueError(f"ids must be a [batch, time] tensor, got {getattr(ids, 'shape', type(ids).__name__)}")
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise ValueError(f"ids must be an integer tensor, got dtype {ids.dtype}")
     if ids.numel() == 0:
         raise ValueError(f"empty input: ids has shape {tuple(ids.shape)}; need at least one id per row")
-    check_ids(ids, vocab_size)
+    if checks_values(check, ids):
+        check_ids(ids, vocab_size)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from blt import patch_ops
 from blt.kernels.dispatch import choose
 from blt.patch_ops import HASH_PRIMES, wrap_int64
+from blt.validation import checks_values
 
 SHORT_POSITIONS = 64  # inputs of at most this many positions (and no gradient) take the short path
 
@@ -110,7 +111,7 @@ def check_hash_inputs(ids, byte_weight, hash_weight, ngram_sizes, n_functions, h
             f"ids ({ids.device}), byte_weight ({byte_weight.device}) and hash_weight ({hash_weight.device}) "
             "must be on one device"
         )
-    if ids.numel():
+    if ids.numel() and checks_values(None, ids):  # a host read: on the CPU only, never a device sync
         low, high = torch.stack(torch.aminmax(ids)).tolist()  # one sync
         if low < 0 or high >= byte_weight.shape[0]:
             bad = low if low < 0 else high

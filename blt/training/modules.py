@@ -269,7 +269,11 @@ class BLTTask(LMTask):
 
     def score(self, batch):
         ids = batch["ids"]
-        out = self.model(ids[:, :-1])
+        inputs = ids[:, :-1]
+        # patching stays outside the (compiled) forward: it decides the number of patches, a shape there;
+        # the data pipeline made the ids on the host and computed lengths are valid: no checks on the device
+        lengths, next_starts = self.model.compute_patches(inputs)
+        out = self.model(inputs, lengths, next_starts, check=False)
         sums = self.byte_scores(out.logits, ids[:, 1:])
         sums["patches"] = (out.patch_lengths > 0).sum()
         sums["positions"] = torch.tensor(out.patch_lengths.shape[0] * (ids.shape[1] - 1), device=ids.device)
