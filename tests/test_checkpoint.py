@@ -147,4 +147,5 @@ def test_the_checkpoint_package_imports_no_model_module():
         "blt.checkpoint.pretrained",
         "blt.config",
         "blt.tokenizer",
+        "blt.validation",
     ]
