@@ -40,7 +40,7 @@ import torch
 
 from blt.config import check, doc, to_dict
 from blt.data_sources import STDLIB, source_documents, source_fingerprint
-from blt.tokenizer import BOS_ID, EOS_ID, OFFSET, check_ids
+from blt.tokenizer import BOS_ID, EOS_ID, OFFSET, VOCAB_SIZE, check_ids
 
 SPLITS = ("train", "val")
 CACHE_VERSION = 2
@@ -262,6 +262,8 @@ class PackedBatches(torch.utils.data.IterableDataset):
     Batches are cheap memmap slices: use it without DataLoader workers (``num_workers=0``).
     """
 
+    vocab_size: int | None = VOCAB_SIZE  # every batch's ids are checked against it (None: not checked)
+
     def __init__(
         self,
         config: DataConfig,
@@ -320,7 +322,8 @@ class PackedBatches(torch.utils.data.IterableDataset):
         b, n = self.config.batch_size, self.config.seq_len
         windows = self._windows(epoch)[j * b : (j + 1) * b]
         rows = np.stack([self.ids[w * n : w * n + n + 1] for w in windows.tolist()])
-        check_ids(rows)  # once per batch on the host, so the models need not read ids back from a device
+        if self.vocab_size is not None:  # once per batch on the host: the models need not read ids back from a device
+            check_ids(rows, self.vocab_size)
         return torch.from_numpy(rows.astype(np.int64))  # [batch_size, seq_len + 1]
 
     def __iter__(self) -> Iterator[torch.Tensor]:

@@ -23,6 +23,8 @@ class TokenBatches(PackedBatches):
     ``tokens`` is the split's documents as BOS + token ids + EOS, concatenated (see :func:`token_stream`).
     """
 
+    vocab_size = None  # token ids from the run's own tokenizer: nothing a user gave
+
     def __init__(
         self, config: DataConfig, tokens: np.ndarray, split: str = "train", rank: int = 0, world_size: int = 1
     ):
