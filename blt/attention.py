@@ -59,6 +59,11 @@ def causal_attention(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "flex" and dropout > 0:  # on every device, so the CPU fallback behaves as CUDA would
+        raise ValueError(
+            f"the flex attention backend has no attention dropout (got dropout {dropout}): train with "
+            "backend 'sdpa' or 'xformers', or with dropout 0"
+        )
     if backend != "sdpa" and not q.is_cuda:
         backend = "sdpa"  # flex and xformers kernels exist only on CUDA
     gqa = k.shape[1] != q.shape[1]
@@ -71,7 +76,7 @@ def causal_attention(
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         if backend == "flex":
             return flex_causal_attention(q, k, v, q_pos, k_pos, window, q_seg, k_seg)
-        return xformers_causal_attention(q, k, v, q_pos, k_pos, window, q_seg, k_seg)
+        return xformers_causal_attention(q, k, v, q_pos, k_pos, window, q_seg, k_seg, dropout)
     if local and q.shape[2] >= CHUNKED_FROM * window_chunk(window):
         return chunked_window_attention(q, k, v, window, q_seg, dropout)
     plain_causal = (

@@ -196,7 +196,9 @@ def xformers_bias(q_pos, k_pos, window, q_seg, k_seg, batch: int, dtype=torch.fl
     return padded[..., :Tk].masked_fill(~dense, float("-inf")), False
 
 
-def xformers_causal_attention(q, k, v, q_pos, k_pos, window=None, q_seg=None, k_seg=None) -> torch.Tensor:
+def xformers_causal_attention(
+    q, k, v, q_pos, k_pos, window=None, q_seg=None, k_seg=None, dropout: float = 0.0
+) -> torch.Tensor:
     """q, k, v: [B, H, T, D] (CUDA) -> [B, H, Tq, D] via xformers' memory-efficient attention."""
     from xformers.ops import memory_efficient_attention
 
@@ -207,5 +209,5 @@ def xformers_causal_attention(q, k, v, q_pos, k_pos, window=None, q_seg=None, k_
         q, k, v = (x.reshape(1, -1, H, D) for x in (q, k, v))
     elif isinstance(bias, torch.Tensor):
         bias = bias.expand(B, H, Tq, k.shape[1])
-    out = memory_efficient_attention(q, k, v, attn_bias=bias)
+    out = memory_efficient_attention(q, k, v, attn_bias=bias, p=dropout)
     return out.reshape(B, Tq, H, D).transpose(1, 2)

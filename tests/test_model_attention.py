@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blt.attention import attention_mask
+from blt.attention import attention_mask, causal_attention
 from blt.attention_cuda import flex_mask_mod, xformers_bias
 
 SEGMENTS = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1]])
@@ -50,3 +50,13 @@ def test_xformers_bias(case):
         assert torch.equal(bias == 0, expected)
     else:
         assert torch.equal(bias.materialize((Tq, Tk)) == 0, expected[0, 0])
+
+
+def test_flex_attention_refuses_dropout_it_cannot_apply():
+    q = torch.randn(1, 2, 4, 8)
+    pos = torch.arange(4)
+    with pytest.raises(ValueError, match="flex attention backend has no attention dropout"):
+        causal_attention(q, q, q, pos, pos, backend="flex", dropout=0.1)
+    torch.testing.assert_close(  # without dropout it is the same attention as SDPA (on the CPU, SDPA itself)
+        causal_attention(q, q, q, pos, pos, backend="flex"), causal_attention(q, q, q, pos, pos)
+    )
