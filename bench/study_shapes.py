@@ -387,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     log = out / "commands.txt"
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     common = ["--config", args.config, *overrides, "--run.output_dir", str(out), "--run.sample_bytes", "0"]
+    common += ["--run.score_val_split", "false"]  # step 5 scores every model alike
     train = [sys.executable, "train.py"]
 
     entropy_dir = out / "entropy" / "model"
