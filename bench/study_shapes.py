@@ -407,7 +407,10 @@ def main(argv: list[str] | None = None) -> None:
         for name, command, steps, flags in pair_runs(
             shape, config, vocab, patching, mean_patch, entropy_dir, args
         ):
-            print(f"{name}: {steps} steps (mean patch size {mean_patch:.2f} on training windows)")
+            print(
+                f"{name}: {steps} steps"
+                + (f", patches of {mean_patch:.2f} bytes" if command == "blt" else "")
+            )
             cmd = [*train, command, *for_command(command, common), *flags, "--run.name", name]
             train_once([*cmd, *steps_flags(steps, args, config)], out / name, log, args, env)
             runs.append(out / name)
