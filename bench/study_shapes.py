@@ -257,14 +257,19 @@ def pair_table(rows: list[dict], config, vocab: int) -> str:
             f"{blt['unit_size']:.2f} / {bpe['unit_size']:.2f} |"
         )
     at = crossover([(r, s) for r, s, _ in points])
+    cheaper = ", ".join(f"{d:+.4f}" for r, s, d in sorted(points) if s >= 1)
     lines.append("")
     if at is None:
         lines.append("- measured: the BLT is not cheaper than its baseline at any trained shape")
+    elif at == min(points)[0]:  # no crossing between trained shapes to interpolate
+        lines.append(
+            f"- measured: the BLT is cheaper at every trained shape (from global : local {at:.2f}); "
+            f"BLT - BPE bits/byte = {cheaper}"
+        )
     else:
-        cheaper = [f"{d:+.4f}" for r, s, d in points if s >= 1]
         lines.append(
             f"- measured: the BLT's inference FLOPs per byte fall below the baseline's from global : local "
-            f"{at:.2f}; where it is cheaper, BLT - BPE bits/byte = {', '.join(cheaper)}"
+            f"{at:.2f}; where it is cheaper, BLT - BPE bits/byte = {cheaper}"
         )
     return "\n".join(lines) + "\n"
 

@@ -102,3 +102,25 @@ def test_each_pair_gets_the_budget_in_batches_of_the_same_bytes(study, config):
     f = study.shape_flops(config, shape, 6.0, 4.0, 8192)
     assert blt_step == pytest.approx(3 * f.blt_flops * 16 * 256)
     assert blt_steps == round(1e12 / blt_step) and bpe_steps < blt_steps  # the baseline costs more per byte
+
+
+def test_pair_table_reads_the_crossover_off_the_trained_pairs(study, config):
+    def row(name, bpb, flops, unit):
+        return {
+            "name": name,
+            "bpb": bpb,
+            "stderr": 0.01,
+            "inference_flops_per_byte": flops,
+            "unit_size": unit,
+        }
+
+    rows = [
+        row("blt-g64x2", 1.9, 3.6e5, 6.0),
+        row("bpe-g64x2", 1.8, 3.3e5, 4.0),
+        row("blt-g512x2", 2.1, 2.4e6, 6.0),
+        row("bpe-g512x2", 1.9, 5.3e6, 4.0),
+    ]
+    table = study.pair_table(rows, config, 8192)
+    assert "| g64x2 | 0.11 | 1.9000 ± 0.0100 | 1.8000 ± 0.0100 | +0.1000 |" in table
+    assert "fall below the baseline's from global : local" in table and "= +0.2000" in table
+    assert "cheaper at every trained shape" in study.pair_table(rows[2:], config, 8192)
