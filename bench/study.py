@@ -67,20 +67,26 @@ def training_windows(config, max_bytes: int = 65536) -> torch.Tensor:
 
 
 @torch.no_grad()
-def patchings(
-    entropy_dir: Path, config, sizes: list[float], static: int
-) -> dict[str, tuple[PatchingConfig, float]]:
-    """name -> (patching, mean patch size on training windows) for every BLT of the study."""
-    rows = training_windows(config)
+def entropy_patchings(
+    entropy_dir: Path, rows: torch.Tensor, sizes: list[float]
+) -> dict[float, tuple[PatchingConfig, float]]:
+    """target size -> (entropy patching calibrated on ``rows``, its mean patch size on them)."""
     entropies = EntropyModel.from_pretrained(entropy_dir).entropies(rows)
     out = {}
     for size in sizes:
         cal = calibrate_threshold(list(rows), list(entropies), target_patch_size=size)
         print(f"entropy patching: {cal}")
-        out[f"blt-entropy-p{size:g}"] = (
-            PatchingConfig(scheme="entropy", threshold=cal.threshold),
-            cal.mean_patch_size,
-        )
+        out[size] = (PatchingConfig(scheme="entropy", threshold=cal.threshold), cal.mean_patch_size)
+    return out
+
+
+@torch.no_grad()
+def patchings(
+    entropy_dir: Path, config, sizes: list[float], static: int
+) -> dict[str, tuple[PatchingConfig, float]]:
+    """name -> (patching, mean patch size on training windows) for every BLT of the study."""
+    rows = training_windows(config)
+    out = {f"blt-entropy-p{size:g}": job for size, job in entropy_patchings(entropy_dir, rows, sizes).items()}
     for name, patching in (
         (f"blt-static{static}", PatchingConfig(scheme="static", patch_size=static)),
         ("blt-space", PatchingConfig(scheme="space")),
@@ -101,6 +107,16 @@ def baseline_step_flops(config) -> float:
         config.baseline, config.baseline.vocab_size, config.data.seq_len, 1.0
     )
     return per_token.training_flops_per_byte * config.data.batch_size * config.data.seq_len
+
+
+def patching_flags(patching: PatchingConfig, entropy_dir: Path) -> list[str]:
+    """``train.py blt`` flags for a BLT patched as ``patching`` by the study's entropy model."""
+    flags = ["--blt.patching.scheme", patching.scheme, "--run.target_patch_size", "null"]
+    if patching.scheme == "entropy":
+        flags += ["--blt.patching.threshold", repr(patching.threshold)]
+    if patching.scheme == "static":
+        flags += ["--blt.patching.patch_size", str(patching.patch_size)]
+    return [*flags, "--entropy_checkpoint", str(entropy_dir)]
 
 
 def schedule(steps: int, val_points: int) -> list[str]:
@@ -214,12 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, (patching, mean_patch) in jobs.items():
         steps = max(1, round(budget / blt_step_flops(config, patching, mean_patch)))
         print(f"{name}: mean patch size {mean_patch:.2f} on training windows -> {steps} steps")
-        flags = ["--blt.patching.scheme", patching.scheme, "--run.target_patch_size", "null"]
-        if patching.scheme == "entropy":
-            flags += ["--blt.patching.threshold", repr(patching.threshold)]
-        if patching.scheme == "static":
-            flags += ["--blt.patching.patch_size", str(patching.patch_size)]
-        flags += ["--entropy_checkpoint", str(entropy_dir), "--run.name", name]
+        flags = [*patching_flags(patching, entropy_dir), "--run.name", name]
         run(
             [*train, "blt", *for_command("blt", common), *flags, *schedule(steps, args.val_points)],
             log,
@@ -244,28 +255,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     runs.append(out / "bpe")
 
-    compare = [
-        sys.executable,
-        "-m",
-        "blt.eval.cli",
-        "compare",
-        *map(str, runs),
-        "--out",
-        str(out / "comparison"),
-        "--overwrite",  # the study's own report, redone with its runs
-    ]
-    compare += [
-        "--data.source",
-        args.data,
-        "--context",
-        str(config.data.seq_len),
-        "--max_documents",
-        str(args.eval_documents),
-    ]
+    run(compare_command(runs, out / "comparison", config, args.eval_documents), log, args.dry_run, env)
+
+
+def compare_command(runs: list[Path], folder: Path, config, documents: int) -> list[str]:
+    """``blt-eval compare`` of ``runs`` on the validation documents of ``config.data``, into ``folder``."""
+    compare = [sys.executable, "-m", "blt.eval.cli", "compare", *map(str, runs), "--out", str(folder)]
+    compare += ["--overwrite"]  # the study's own report, redone with its runs
+    compare += ["--data.source", config.data.source, "--context", str(config.data.seq_len)]
+    compare += ["--max_documents", str(documents)]
     for key in ("val_fraction", "max_doc_bytes", "max_bytes", "cache_dir"):
         if getattr(config.data, key) is not None:
             compare += [f"--data.{key}", str(getattr(config.data, key))]
-    run(compare, log, args.dry_run, env)
+    return compare
 
 
 if __name__ == "__main__":
