@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -55,7 +56,8 @@ class Parser(ArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> typing.NoReturn:
         if not self.exit_on_error:  # jsonargparse's inner parsers: the error goes up to the outer one
             super().error(message, ex)
-        print(f"{self.prog.replace(' [options]', '')}: error: {one_line(message)}", file=sys.stderr)
+        hint = _elsewhere(_with_subcommands(self), message)
+        print(f"{self.prog.replace(' [options]', '')}: error: {one_line(message)}{hint}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -135,6 +137,19 @@ def add_unread_sections(parser: ArgumentParser, names: Sequence[str]) -> None:
         parser.add_argument(f"--{name}", type=dict | None, default=None, help=argparse.SUPPRESS)
 
 
+def _elsewhere(parsers: list[ArgumentParser], message: str) -> str:
+    """For an unrecognized ``--section.key``: where ``key`` is an option (``--run.compile``, not
+    ``--trainer.compile``), as text to append to the error; else ""."""
+    if "unrecognized arguments" not in message:
+        return ""
+    known = {o for p in parsers for a in p._actions for o in a.option_strings if o.startswith("--")}
+    hints = []
+    for flag in re.findall(r"--[\w.]+", message.split("unrecognized arguments", 1)[1]):
+        key = flag.rsplit(".", 1)[-1]
+        hints += sorted(o for o in known if o != flag and o.rsplit(".", 1)[-1] == key and "." in o)
+    return f" (did you mean {' or '.join(dict.fromkeys(hints))}?)" if hints else ""
+
+
 def parse(parser: ArgumentParser, argv: Sequence[str], defaults: bool = True) -> Namespace:
     """``parser.parse_args(argv)``, its refusal a one-line :class:`UsageError` instead of usage text and exit.
 
@@ -147,7 +162,7 @@ def parse(parser: ArgumentParser, argv: Sequence[str], defaults: bool = True) ->
     try:
         return parser.parse_args(list(argv), defaults=defaults)
     except ArgumentError as e:
-        raise UsageError(one_line(str(e))) from None
+        raise UsageError(one_line(str(e)) + _elsewhere(parsers, str(e))) from None
     finally:
         for p, value in zip(parsers, exit_on_error):
             p.exit_on_error = value

@@ -406,3 +406,10 @@ def test_a_folder_of_binary_files_names_what_it_skipped(tmp_path, capsys):
         capsys, ["entropy", "--data.source", str(folder), "--run.output_dir", str(tmp_path / "runs")]
     )
     assert "the corpus is empty" in err and "skipped 1 binary file" in err and "image.png" in err
+
+
+def test_a_setting_under_the_wrong_section_names_the_right_one(capsys):
+    """--trainer.* are Lightning's own arguments; the package's settings are --run.*, and the error says so."""
+    err = error_of(capsys, ["blt", "--trainer.compile", "true"])
+    assert "unrecognized arguments: --trainer.compile true (did you mean --run.compile?)" in err
+    assert "did you mean" not in error_of(capsys, ["blt", "--trainer.bogus", "1"])
