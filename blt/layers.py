@@ -289,6 +289,8 @@ class SelfAttention(nn.Module):
     def forward(self, x, rot, positions, cache: LayerCache | None = None, segments=None, consecutive=False):
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        if cache is not None and cache.qkv is not None and T == 1:
+            return self.step(x, rot, cache)
         if cache is not None and cache.qkv is not None:
             # a small stack decoding: q/k/v in one matmul, q and k rotated in one go
             qkv = F.linear(x, cache.qkv).view(B, T, H + 2 * Hkv, D)
@@ -310,6 +312,18 @@ class SelfAttention(nn.Module):
             k, v = cache.update(k, v)  # the cache's [B, Hkv, S, D]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.cache.mask, enable_gqa=Hkv != H)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+    def step(self, x: torch.Tensor, rot: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """The forward of one position per row x [B, 1, dim] with a small stack's cache (fused q/k/v): at one
+        position [B, heads, 1, D] and [B, 1, heads, D] are the same memory, so no transposes (decoding runs
+        this once per layer and byte, where every op counts)."""
+        B, H, Hkv, D = x.shape[0], self.n_heads, self.n_kv, self.head_dim
+        qkv = F.linear(x, cache.qkv).view(B, H + 2 * Hkv, 1, D)
+        qk = apply_rope(qkv[:, : H + Hkv], rot)  # rot [B, 1, 1, D/2] broadcasts over the heads
+        k, v = cache.update(qk[:, H:].transpose(1, 2), qkv[:, H + Hkv :].transpose(1, 2))
+        y = F.scaled_dot_product_attention(qk[:, :H], k, v, attn_mask=cache.cache.mask, enable_gqa=Hkv != H)
+        return self.o_proj(y.view(B, 1, -1))
 
 
 class SwiGLU(nn.Module):

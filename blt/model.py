@@ -197,12 +197,16 @@ class LocalEncoder(nn.Module):
         cache.recent = window[:, window.shape[1] - cache.recent.shape[1] :]
         return self.transformer(self.embed(window)[:, -T:], positions, cache.kv)
 
-    def patches(self, h: torch.Tensor, patch_ids: torch.Tensor, num_patches: int) -> torch.Tensor:
-        """Patch states [B, P, D * k_rep] from byte states h [B, T, D]."""
+    def patches(self, h: torch.Tensor, patch_ids: torch.Tensor | None, num_patches: int) -> torch.Tensor:
+        """Patch states [B, P, D * k_rep] from byte states h [B, T, D]; ``patch_ids`` None: all of each row's
+        bytes are one patch (P = 1), which needs no patch mask."""
         B, D = h.shape[0], h.shape[-1]
-        pooled = ops.patch_pool(h, patch_ids, num_patches, "max")
+        if patch_ids is None:
+            pooled, attend = h.amax(dim=1, keepdim=True), patch_ops.one_patch_attention
+        else:
+            pooled = ops.patch_pool(h, patch_ids, num_patches, "max")
+            attend = lambda q, k, v: ops.patch_query_attention(q, k, v, patch_ids, self.k_rep)
         queries = self.patch_embedding_projection(pooled).reshape(B, num_patches * self.k_rep, D)
-        attend = lambda q, k, v: ops.patch_query_attention(q, k, v, patch_ids, self.k_rep)
         out = self.cross_attn_layers[-1](queries, h, attend)
         return out.reshape(B, num_patches, D * self.k_rep)
 
@@ -213,8 +217,11 @@ class LocalEncoder(nn.Module):
         states, lengths = cache.open[:, :width], cache.open_len
         if index is not None:
             states, lengths = states.index_select(0, index), lengths.index_select(0, index)
-        outside = torch.arange(width, device=states.device) >= lengths.unsqueeze(1)  # [n, width]
-        patch = self.patches(states, outside.long(), 1)  # outside bytes: id 1, no patch
+        if all(cache.open_lens[r] == width for r in rows):  # always so for one row
+            patch = self.patches(states, None, 1)
+        else:
+            outside = torch.arange(width, device=states.device) >= lengths.unsqueeze(1)  # [n, width]
+            patch = self.patches(states, outside.long(), 1)  # outside bytes: id 1, no patch
         cache.clear_open(rows)
         return patch
 
