@@ -39,6 +39,7 @@ from blt.config import (
     ConfigError,
     LocalDecoderConfig,
     LocalEncoderConfig,
+    PatchingConfig,
     TransformerConfig,
     check,
 )
@@ -398,14 +399,17 @@ class BLT(nn.Module):
         return lengths
 
     @torch.no_grad()
-    def compute_patches(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Patching of ids [B, T] under ``config.patching`` (entropies from the bundled patcher).
+    def compute_patches(
+        self, ids: torch.Tensor, patching: PatchingConfig | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patching of ids [B, T] under ``patching`` (default ``config.patching``; entropies from the
+        bundled patcher).
 
         Returns lengths [B, P] (rows right-padded with 0, summing to T) and ``next_starts`` [B]: whether
         position T would start a patch. Every scheme decides position t from positions before t, so this is
         known from ids alone; it tells the decoder whether the last byte closes its patch.
         """
-        patching = self.config.patching
+        patching = patching or self.config.patching
         if self.patcher is None and patching.scheme in ENTROPY_SCHEMES:
             raise ConfigError(
                 f"patching scheme {patching.scheme!r} needs an entropy model: set config.entropy_model "
@@ -418,8 +422,14 @@ class BLT(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # forward
 
-    def forward(self, ids: torch.Tensor, patch_lengths: torch.Tensor | None = None) -> BLTOutput:
-        """ids [B, T] -> logits [B, T, vocab]; patches from ``patch_lengths`` [B, P] or the configured patching.
+    def forward(
+        self,
+        ids: torch.Tensor,
+        patch_lengths: torch.Tensor | None = None,
+        patching: PatchingConfig | None = None,
+    ) -> BLTOutput:
+        """ids [B, T] -> logits [B, T, vocab]; patches from ``patch_lengths`` [B, P], else from ``patching``
+        (default: the configured patching; elastic training passes each batch's threshold here).
 
         Caller-given lengths are taken as they are (the last byte then reads the patch before its own).
         """
@@ -427,7 +437,9 @@ class BLT(nn.Module):
         T = ids.shape[1]
         next_starts = None
         if patch_lengths is None:
-            patch_lengths, next_starts = self.compute_patches(ids)
+            patch_lengths, next_starts = self.compute_patches(ids, patching)
+        elif patching is not None:
+            raise ValueError("give patch_lengths or patching, not both")
         lengths = self.check_patch_lengths(patch_lengths, ids)
         P = lengths.shape[1]
 
