@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from study import for_command, run, schedule, study_overrides, training_windows  # noqa: E402
 
 QUICK = {"steps": 40, "entropy_steps": 60, "eval_documents": 4}
-FULL = {"steps": 500, "entropy_steps": 300, "eval_documents": 31}
+FULL = {"steps": 300, "entropy_steps": 200, "eval_documents": 31}
 
 
 def numbers(text: str, name: str, parser) -> list[float]:
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--steps", type=int, default=None, help="budget: steps of the middle fixed model")
     parser.add_argument("--entropy-steps", type=int, default=None, help="steps of the entropy model")
     parser.add_argument("--eval-documents", type=int, default=None, help="validation documents scored")
-    parser.add_argument("--val-points", type=int, default=4, help="validations per run")
+    parser.add_argument("--val-points", type=int, default=2, help="validations per run")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every command")
     args, user = parser.parse_known_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
@@ -141,15 +141,17 @@ def table(results: dict, budgets: list[float], cal: dict) -> str:
     fixed = {b: results[f"fixed-p{b:g}"]["scores"][str(b)]["bits_per_byte"] for b in budgets}
     gaps = [results["elastic"]["scores"][str(b)]["bits_per_byte"] - fixed[b] for b in budgets]
     lines.append("")
-    lines.append("elastic - fixed at the fixed model's own budget: " + ", ".join(
-        f"p={b:g}: {g:+.4f}" for b, g in zip(budgets, gaps)
-    ))
+    lines.append(
+        "elastic - fixed at the fixed model's own budget: "
+        + ", ".join(f"p={b:g}: {g:+.4f}" for b, g in zip(budgets, gaps))
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     args, user = parse_args(argv)
-    overrides = study_overrides(args, user)
+    # the runs' own validation is only their curve: the table scores the exported models
+    overrides = study_overrides(args, ["--trainer.limit_val_batches", "2", *user])
     config = load_config(["--config", args.config, *overrides])
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ntraining budget per model: {budget:.3g} FLOPs", flush=True)
 
     lo, hi = args.range
-    jobs = {"elastic": (budget / elastic_step_flops(config, lo, hi), ["--run.elastic_patch_size", f"[{lo}, {hi}]", "--run.target_patch_size", "null"])}
+    jobs = {
+        "elastic": (
+            budget / elastic_step_flops(config, lo, hi),
+            ["--run.elastic_patch_size", f"[{lo}, {hi}]", "--run.target_patch_size", "null"],
+        )
+    }
     for b in args.budgets:
         flags = ["--run.target_patch_size", "null", "--blt.patching.threshold", repr(cal[b][0])]
         jobs[f"fixed-p{b:g}"] = (budget / step_flops(config, cal[b][1]), flags)
@@ -186,7 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in jobs:
         summary = json.loads((out / name / "summary.json").read_text())
         scores = {str(b): score(out / name, config, cal[b][0], documents) for b in args.budgets}
-        results[name] = {"steps": summary["steps"], "training_flops": summary["training_flops"], "scores": scores}
+        results[name] = {
+            "steps": summary["steps"],
+            "training_flops": summary["training_flops"],
+            "scores": scores,
+        }
         if "elastic" in summary:
             results[name]["elastic"] = summary["elastic"]
         print(name, {b: round(s["bits_per_byte"], 4) for b, s in scores.items()}, flush=True)

@@ -114,7 +114,10 @@ def test_resume_with_another_range_is_refused(corpus, straight, tmp_path, capsys
     "extra, message",
     [
         (["--run.elastic_patch_size", "[5, 2]"], "min <= max, got min 5.0 > max 2.0"),
-        (["--run.elastic_patch_size", "[0.5, 2]"], "sizes must be >= 1 (positions per patch), got [0.5, 2.0]"),
+        (
+            ["--run.elastic_patch_size", "[0.5, 2]"],
+            "sizes must be >= 1 (positions per patch), got [0.5, 2.0]",
+        ),
         (["--run.elastic_patch_size", "[2, 3, 4]"], "must be [min, max] (two numbers) or null"),
         (
             ["--blt.patching.scheme", "static", "--run.target_patch_size", "null"],
@@ -132,4 +135,3 @@ def test_bad_elastic_settings_are_one_line_errors(extra, message, corpus, tmp_pa
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert "run.elastic_patch_size" in err[0]
     assert not (tmp_path / "runs" / "run" / "entropy").exists()  # refused before any training
-

@@ -118,7 +118,6 @@ class RunConfig:
         check(self.sample_bytes >= 0, f"run.sample_bytes must be >= 0, got {self.sample_bytes}")
         check(self.peak_flops is None or self.peak_flops > 0, "run.peak_flops must be > 0 or null")
 
-
     def check_elastic(self) -> None:
         sizes = self.elastic_patch_size
         if sizes is None:
