@@ -409,7 +409,7 @@ class BLT(nn.Module):
         position T would start a patch. Every scheme decides position t from positions before t, so this is
         known from ids alone; it tells the decoder whether the last byte closes its patch.
         """
-        patching = patching or self.config.patching
+        patching = self.config.patching if patching is None else patching
         if self.patcher is None and patching.scheme in ENTROPY_SCHEMES:
             raise ConfigError(
                 f"patching scheme {patching.scheme!r} needs an entropy model: set config.entropy_model "

@@ -4,6 +4,7 @@ patch size in the range; the run records its grid, resumes bitwise, and refuses 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -135,3 +136,18 @@ def test_bad_elastic_settings_are_one_line_errors(extra, message, corpus, tmp_pa
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert "run.elastic_patch_size" in err[0]
     assert not (tmp_path / "runs" / "run" / "entropy").exists()  # refused before any training
+
+
+def test_forward_patches_under_the_given_patching_as_a_model_configured_with_it():
+    from tiny_blt import random_ids, tiny_blt
+
+    model, ids = tiny_blt(), random_ids(2, 48)
+    low = dataclasses.replace(model.config.patching, threshold=model.config.patching.threshold - 0.3)
+    given = model(ids, patching=low)
+    own = model(ids)
+    model.config.patching = low
+    configured = model(ids)
+    assert given.patch_lengths.equal(configured.patch_lengths) and given.logits.equal(configured.logits)
+    assert (given.patch_lengths > 0).sum() > (own.patch_lengths > 0).sum()  # a lower threshold: more patches
+    with pytest.raises(ValueError, match="give patch_lengths or patching, not both"):
+        model(ids, patch_lengths=own.patch_lengths, patching=low)
