@@ -9,6 +9,7 @@ passed to it unchanged, as LightningCLI does; only the arguments the package set
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,12 @@ class RunConfig:
         "blt: calibrate blt.patching's threshold on training text to this mean patch size (null: keep it)",
         None,
     )
+    elastic_patch_size: list[float] | None = doc(
+        "blt: elastic patching, [min, max] mean patch sizes: each training step draws one uniformly (from "
+        "run.seed and the step) and patches its batch at the entropy threshold calibrated for it; validation "
+        "and the exported model keep run.target_patch_size (null: the middle of the range) (null: off)",
+        None,
+    )
     sample_bytes: int = doc("bytes generated from the final BLT as a sample (0: none)", 200)
     peak_flops: float | None = doc(
         "peak FLOP/s per device for MFU (null: known GPUs by name; on CPU a short matmul measures it)", None
@@ -107,8 +114,26 @@ class RunConfig:
             self.target_patch_size is None or self.target_patch_size >= 1,
             f"run.target_patch_size must be >= 1 or null, got {self.target_patch_size}",
         )
+        self.check_elastic()
         check(self.sample_bytes >= 0, f"run.sample_bytes must be >= 0, got {self.sample_bytes}")
         check(self.peak_flops is None or self.peak_flops > 0, "run.peak_flops must be > 0 or null")
+
+    def check_elastic(self) -> None:
+        sizes = self.elastic_patch_size
+        if sizes is None:
+            return
+        check(
+            len(sizes) == 2 and all(math.isfinite(s) for s in sizes),
+            f"run.elastic_patch_size must be [min, max] (two numbers) or null, got {sizes}",
+        )
+        check(
+            min(sizes) >= 1,
+            f"run.elastic_patch_size sizes must be >= 1 (positions per patch), got {sizes}",
+        )
+        check(
+            sizes[0] <= sizes[1],
+            f"run.elastic_patch_size must be [min, max] with min <= max, got min {sizes[0]} > max {sizes[1]}",
+        )
 
 
 def check_trainer(trainer: dict[str, Any]) -> None:

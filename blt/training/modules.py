@@ -30,6 +30,7 @@ from blt.tokenizer import OFFSET, PAD_ID
 from blt.training.callbacks import STATE_KEY, NonFiniteLossError
 from blt.training.config import OptimConfig
 from blt.training.datamodule import TokenBatches, TrainStream, ValSet
+from blt.training.elastic import ElasticPatching
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -243,6 +244,8 @@ class BLTTask(LMTask):
     """Trains the BLT; its frozen entropy model (``config.entropy_model``) patches every batch on the fly.
 
     ``patcher_state`` holds the entropy model's weights (None when a checkpoint being resumed brings them).
+    ``elastic``: elastic patching (:mod:`blt.training.elastic`), each training step's threshold drawn from
+    ``seed`` and the step; None: every batch under ``config.patching``.
     """
 
     kind = "blt"
@@ -256,8 +259,11 @@ class BLTTask(LMTask):
         cosine_steps: int,
         compile: bool = False,
         patcher_state: dict[str, torch.Tensor] | None = None,
+        elastic: ElasticPatching | None = None,
+        seed: int = 0,
     ):
         self.patcher_state = patcher_state
+        self.elastic, self.seed = elastic, seed
         self.patch_sums = {"positions": 0, "patches": 0}  # training batches, for the running FLOP count
         super().__init__(config, data, optim, cosine_steps, compile)
 
@@ -272,7 +278,8 @@ class BLTTask(LMTask):
         inputs = ids[:, :-1]
         # patching stays outside the (compiled) forward: it decides the number of patches, a shape there;
         # the data pipeline made the ids on the host and computed lengths are valid: no checks on the device
-        lengths, next_starts = self.model.compute_patches(inputs)
+        patching = self.elastic_patching() if self.training else None  # elastic: this step's threshold
+        lengths, next_starts = self.model.compute_patches(inputs, patching)
         out = self.model(inputs, lengths, next_starts, check=False)
         sums = self.byte_scores(out.logits, ids[:, 1:])
         sums["patches"] = (out.patch_lengths > 0).sum()
@@ -280,7 +287,17 @@ class BLTTask(LMTask):
         if self.training:
             for k in self.patch_sums:
                 self.patch_sums[k] += int(sums[k])
+            if patching is not None:  # the batch's own mean patch size, next to the drawn target
+                self.log("patch_size", sums["positions"].float() / sums["patches"].clamp(min=1))
         return sums
+
+    def elastic_patching(self):
+        """This training step's patching under elastic patching (None without it: the model's own)."""
+        if self.elastic is None:
+            return None
+        size = self.elastic.draw(self.seed, self.global_step)
+        self.log("elastic_patch_size", size)
+        return self.elastic.patching(size, self.config.patching)
 
     def mean_patch_size(self, sums: dict[str, Any]) -> float:
         """Positions per patch; before any batch, the configured expectation."""
@@ -294,7 +311,9 @@ class BLTTask(LMTask):
         return blt_flops_per_byte(self.config, p, context_bytes=self.data.seq_len)
 
     def state_extras(self) -> dict[str, Any]:
-        return {"patch_sums": dict(self.patch_sums)}
+        # the elastic grid is kept so that a resume continues with the thresholds it started with
+        elastic = self.elastic and self.elastic.to_dict()
+        return {"patch_sums": dict(self.patch_sums), "elastic": elastic}
 
     def load_state_extras(self, extras: dict[str, Any]) -> None:
         self.patch_sums = dict(extras["patch_sums"])
@@ -309,6 +328,8 @@ class BLTTask(LMTask):
         if self.config.entropy_model is not None:
             entropy = entropy_flops_per_byte(self.config.entropy_model, context_bytes=self.data.seq_len)
             extras["entropy_inference_flops_per_byte"] = entropy.inference_flops_per_byte
+        if self.elastic is not None:
+            extras["elastic"] = self.elastic.to_dict()
         return extras
 
 

@@ -2,7 +2,8 @@
 
     entropy   train the entropy model
     blt       1. train the entropy model into <run>/entropy (or load --entropy_checkpoint)
-              2. calibrate the patching threshold to run.target_patch_size
+              2. calibrate the patching threshold to run.target_patch_size (and, with
+                 run.elastic_patch_size, at a grid of sizes over that range: blt.training.elastic)
               3. train the BLT, its frozen entropy model patching every batch on the fly
     baseline  1. train the BPE tokenizer (<run>/tokenizer.model)  2. tokenize the corpus
               3. train the tokenized model
@@ -34,6 +35,7 @@ from blt.patcher.schemes import ENTROPY_SCHEMES
 from blt.training.callbacks import say
 from blt.training.config import TrainConfig
 from blt.training.datamodule import token_stream
+from blt.training.elastic import ElasticPatching
 from blt.training.modules import BaselineTask, BLTTask, EntropyTask
 from blt.training.run import (
     Resume,
@@ -216,6 +218,7 @@ def check_settings(command: str, cfg: TrainConfig, stages: list[Stage]) -> None:
         check_patches(
             cfg, blt, calibrating=stages[-1].resume is None and cfg.run.target_patch_size is not None
         )
+        check_elastic(cfg, blt, stages[-1])
 
 
 def check_patches(cfg: TrainConfig, blt: BLTConfig, calibrating: bool) -> None:
@@ -233,6 +236,31 @@ def check_patches(cfg: TrainConfig, blt: BLTConfig, calibrating: bool) -> None:
             f"run.target_patch_size ({cfg.run.target_patch_size}) calibrates an entropy threshold, but "
             f"blt.patching.scheme {scheme!r} has none: set run.target_patch_size null"
         )
+
+
+def check_elastic(cfg: TrainConfig, blt: BLTConfig, stage: Stage) -> None:
+    """Elastic patching needs a threshold to draw; a resumed run keeps the range it started with."""
+    sizes = cfg.run.elastic_patch_size
+    if sizes is not None and blt.patching.scheme not in ENTROPY_SCHEMES:
+        raise ConfigError(
+            f"run.elastic_patch_size ({sizes}) draws an entropy threshold per batch, but "
+            f"blt.patching.scheme {blt.patching.scheme!r} has none: set run.elastic_patch_size null or use "
+            f"one of the schemes {list(ENTROPY_SCHEMES)}"
+        )
+    if stage.resume is not None:
+        saved = elastic_of(stage)
+        saved_sizes = saved and list(saved.patch_size_range)
+        if saved_sizes != (sizes and [float(s) for s in sizes]):
+            raise ConfigError(
+                f"--resume: {stage.resume.path} was trained with run.elastic_patch_size = {saved_sizes}, this "
+                f"run has {sizes}; give the checkpoint's range to resume"
+            )
+
+
+def elastic_of(stage: Stage) -> ElasticPatching | None:
+    """The elastic grid a resumed checkpoint was trained with (None: without elastic patching)."""
+    saved = stage.resume.state["extras"].get("elastic")
+    return ElasticPatching.from_dict(saved) if saved else None
 
 
 def check_corpus(command: str, cfg: TrainConfig) -> None:
@@ -293,13 +321,13 @@ def blt_stages(cfg: TrainConfig, stages: list[Stage], entropy_dir: Path | None) 
     final = stages[-1]
     if final.resume is not None:  # the checkpoint holds the entropy model and the calibrated patching
         say("resuming the BLT: its entropy model and calibrated patching come from its checkpoint")
-        summary = fit_stage(cfg, final, blt_task(cfg, blt_config(cfg, final), None))
+        summary = fit_stage(cfg, final, blt_task(cfg, blt_config(cfg, final), None, elastic_of(final)))
     else:
         entropy = entropy_model(cfg, stages[0] if len(stages) > 1 else None, entropy_dir)
-        patching = calibrate(entropy, cfg) if entropy is not None else cfg.blt.patching
+        patching, elastic = calibrate(entropy, cfg) if entropy is not None else (cfg.blt.patching, None)
         config = replace(cfg.blt, entropy_model=entropy and entropy.config, patching=patching)
         say(f"stage 3/3: training the BLT ({final.max_steps} steps) into {final.dir}")
-        summary = fit_stage(cfg, final, blt_task(cfg, config, entropy and entropy.state_dict()))
+        summary = fit_stage(cfg, final, blt_task(cfg, config, entropy and entropy.state_dict(), elastic))
     report(summary, final, cfg.trainer["limit_val_batches"])
     if cfg.run.sample_bytes:
         say_sample(cfg, final.dir / "model")
@@ -313,8 +341,10 @@ def blt_config(cfg: TrainConfig, stage: Stage) -> BLTConfig:
     return from_dict(BLTConfig, stage.resume.state["config"]["blt"], prefix="blt.")
 
 
-def blt_task(cfg: TrainConfig, config: BLTConfig, patcher_state):
-    return lambda cosine: BLTTask(config, cfg.data, cfg.optim, cosine, cfg.run.compile, patcher_state)
+def blt_task(cfg: TrainConfig, config: BLTConfig, patcher_state, elastic: ElasticPatching | None):
+    return lambda cosine: BLTTask(
+        config, cfg.data, cfg.optim, cosine, cfg.run.compile, patcher_state, elastic, cfg.run.seed
+    )
 
 
 def entropy_model(cfg: TrainConfig, stage: Stage | None, checkpoint: Path | None) -> EntropyModel | None:
@@ -340,14 +370,21 @@ def sample_rows(cfg: TrainConfig, split: str, sample_bytes: int = 32768) -> torc
 
 
 @torch.no_grad()
-def calibrate(entropy: EntropyModel, cfg: TrainConfig) -> PatchingConfig:
-    """Stage 2 of blt: the threshold giving run.target_patch_size on training windows (else as given)."""
-    patching = cfg.blt.patching
-    if cfg.run.target_patch_size is not None:
+def calibrate(entropy: EntropyModel, cfg: TrainConfig) -> tuple[PatchingConfig, ElasticPatching | None]:
+    """Stage 2 of blt: the threshold giving run.target_patch_size on training windows (else as given),
+    and under run.elastic_patch_size the thresholds over its range (None without it)."""
+    patching, elastic, sizes = cfg.blt.patching, None, cfg.run.elastic_patch_size
+    target = cfg.run.target_patch_size
+    if sizes is not None and target is None:  # validation and the export patch in the middle of the range
+        target = (sizes[0] + sizes[1]) / 2
+    if target is not None:
         rows = sample_rows(cfg, "train")
-        calibration = calibrate_threshold(
-            list(rows), list(entropy.entropies(rows)), cfg.run.target_patch_size, patching=patching
-        )
+        docs, entropies = list(rows), list(entropy.entropies(rows))
+        calibration = calibrate_threshold(docs, entropies, target, patching=patching)
+        if sizes is not None:
+            elastic = ElasticPatching.calibrate(docs, entropies, (sizes[0], sizes[1]), patching)
+            grid = ", ".join(f"{s:g}: {t:.4f}" for s, t in zip(elastic.sizes, elastic.thresholds))
+            say(f"stage 2/3: elastic patching over mean patch sizes {sizes}, {elastic.field} by size: {grid}")
         patching = calibration.patching(patching)
         say(f"stage 2/3: patching calibrated on {rows.numel():,} training bytes: {calibration}")
     if patching.scheme in ENTROPY_SCHEMES:
@@ -356,7 +393,7 @@ def calibrate(entropy: EntropyModel, cfg: TrainConfig) -> PatchingConfig:
         say(
             f"stage 2/3: on {rows.numel():,} validation bytes the mean patch size is {rows.numel() / patches:.3f}"
         )
-    return patching
+    return patching, elastic
 
 
 def baseline_stages(cfg: TrainConfig, final: Stage, resuming: bool) -> dict[str, Any]:
