@@ -20,12 +20,17 @@ import copy
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import torch
-from train_throughput import Job, byte_batches, lm_loss, mean_bytes, time_steps  # bench/ side by side
+from train_throughput import (  # bench/ side by side
+    Job,
+    byte_batches,
+    lm_loss,
+    mean_bytes,
+    parse_run,
+    time_steps,
+)
 
-from blt.config import ConfigError
 from blt.eval.flops import blt_flops_per_byte
 from blt.model import BLT
 from blt.patcher import calibrate_threshold
@@ -58,21 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=4, help="batches (warm-up steps, one each)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args, overrides = parser.parse_known_args(argv)
-    from blt.training.cli import load_config
-
-    for name in ("steps", "rounds", "warmup", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be >= 1, got {value}")
-    if args.data is not None:
-        overrides += ["--data.source", args.data]
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        run = load_config(["--config", str(Path(__file__).resolve().parent.parent / args.config), *overrides])
-    except ConfigError as e:
-        parser.exit(2, f"compile: error: {e}\n")
+    args, run = parse_run(parser, argv, ("steps", "rounds", "warmup", "threads"))
     torch.manual_seed(0)
     batches = byte_batches(run, args.warmup)
     model, patch_size = calibrated_blt(run, batches)

@@ -487,14 +487,7 @@ def model_config(dry_run: bool):
     lack."""
     import yaml
 
-    from blt.config import (
-        BLTConfig,
-        EntropyModelConfig,
-        LocalDecoderConfig,
-        LocalEncoderConfig,
-        PatchingConfig,
-        TransformerConfig,
-    )
+    from blt import config as cfg
 
     data = yaml.safe_load((ROOT / "configs" / "blt-1b.yaml").read_text())
     blt, toy = data["blt"], {}
@@ -505,22 +498,22 @@ def model_config(dry_run: bool):
         return cls(**{**values, "n_layers": 1 if dry_run else layers, **toy, **extra})
 
     encoder = section(
-        LocalEncoderConfig,
+        cfg.LocalEncoderConfig,
         blt["encoder"],
         REDUCED["encoder"],
         hash_vocab=257 if dry_run else REDUCED["hash_vocab"],
     )
     glob = {"dim": 128, "ffn_dim": 256, "window": None} if dry_run else {}
-    return BLTConfig(
+    return cfg.BLTConfig(
         vocab_size=blt["vocab_size"],
         cross_attn_k=blt["cross_attn_k"],
         encoder=encoder,
         global_transformer=section(
-            TransformerConfig, blt["global_transformer"], REDUCED["global_transformer"], **glob
+            cfg.TransformerConfig, blt["global_transformer"], REDUCED["global_transformer"], **glob
         ),
-        decoder=section(LocalDecoderConfig, blt["decoder"], REDUCED["decoder"]),
-        patching=PatchingConfig(**blt["patching"]),
-        entropy_model=section(EntropyModelConfig, data["entropy"], REDUCED["entropy"]),
+        decoder=section(cfg.LocalDecoderConfig, blt["decoder"], REDUCED["decoder"]),
+        patching=cfg.PatchingConfig(**blt["patching"]),
+        entropy_model=section(cfg.EntropyModelConfig, data["entropy"], REDUCED["entropy"]),
     )
 
 

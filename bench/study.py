@@ -270,10 +270,15 @@ def compare_command(runs: list[Path], folder: Path, config, documents: int) -> l
     return compare
 
 
-if __name__ == "__main__":
+def run_main(main) -> None:
+    """Run a study's ``main``, its failures one line (the command that failed, or the bad input)."""
     try:
         main()
     except subprocess.CalledProcessError as e:
         sys.exit(f"study stopped: a command failed with exit code {e.returncode}: {shlex.join(e.cmd)}")
     except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
         sys.exit(f"study: error: {e}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -44,15 +44,11 @@ import dataclasses
 import json
 import math
 import os
-import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from blt.baseline import train_tokenizer
-from blt.checkpoint import CheckpointError
-from blt.config import ConfigError
 from blt.data import iter_documents
 from blt.eval.flops import blt_flops_per_byte, tokenized_flops_per_byte
 from blt.training.cli import load_config
@@ -67,6 +63,7 @@ from study import (  # noqa: E402
     for_command,
     patching_flags,
     run,
+    run_main,
     schedule,
     training_windows,
 )
@@ -431,9 +428,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except subprocess.CalledProcessError as e:
-        sys.exit(f"study stopped: a command failed with exit code {e.returncode}: {shlex.join(e.cmd)}")
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"study: error: {e}")
+    run_main(main)

@@ -152,6 +152,27 @@ def mean_bytes(batches: list[torch.Tensor]) -> float:
     return sum(int((b[:, 1:] >= OFFSET).sum()) for b in batches) / len(batches)
 
 
+def parse_run(parser: argparse.ArgumentParser, argv, counts: tuple[str, ...]):
+    """(args, the training config): the bench's own flags (``counts`` must be >= 1; ``--data``,
+    ``--threads``, ``--config``), the rest read as training-command overrides of ``--config``."""
+    args, overrides = parser.parse_known_args(argv)
+    from blt.training.cli import load_config
+
+    for name in counts:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    if args.data is not None:
+        overrides += ["--data.source", args.data]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        run = load_config(["--config", str(Path(__file__).resolve().parent.parent / args.config), *overrides])
+    except ConfigError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    return args, run
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument(
@@ -164,21 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args, overrides = parser.parse_known_args(argv)
-    from blt.training.cli import load_config
-
-    for name in ("steps", "rounds", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be >= 1, got {value}")
-    if args.data is not None:
-        overrides += ["--data.source", args.data]
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        run = load_config(["--config", str(Path(__file__).resolve().parent.parent / args.config), *overrides])
-    except ConfigError as e:
-        parser.exit(2, f"train_throughput: error: {e}\n")
+    args, run = parse_run(parser, argv, ("steps", "rounds", "threads"))
     torch.manual_seed(0)
     batches = byte_batches(run, 4)
     jobs = [blt_job(run, batches), baseline_job(run, 4), entropy_job(run, batches)]

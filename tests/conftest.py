@@ -16,18 +16,6 @@ WORDS = str.split(
 )
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` need a CUDA device: skipped on machines without one."""
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if item.get_closest_marker("cuda") is not None:
-            item.add_marker(skip)
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """Tests use tiny tensors: one thread per process is faster than two fighting over 2 cores, and the
