@@ -13,8 +13,8 @@ is subtracted), which stays flat: local caches are windowed and the global model
 
 ``--against REV`` measures git revision REV and the working tree with the same measurement, each in its own
 subprocess that imports a copy of the package laid out as it installs (blt/, with patcher/, kernels/ and
-eval/ inside it) from PYTHONPATH; runs alternate between the two (a noisy machine slows both alike) and each
-side keeps its best round. The measurement uses only ``BLT.from_pretrained`` and ``BLT.generate``, which
+eval/ inside it) from PYTHONPATH; runs alternate between the two (a noisy machine slows both alike); the table gives each side's median
+round (the headline ratio) and its best. The measurement uses only ``BLT.from_pretrained`` and ``BLT.generate``, which
 every revision has.
 """
 
@@ -25,6 +25,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -189,12 +190,16 @@ def against(args, checkpoint: Path) -> None:
     ]
     print(
         f"\nold = {args.against} ({rev}), new = working tree; greedy, {args.threads} thread(s), "
-        f"{args.rounds} alternating rounds, best round per side (bytes/s):"
+        f"{args.rounds} alternating rounds; median and best round per side (bytes/s):"
     )
-    print(f"  {'':44s} {'old':>9s} {'new':>9s} {'new/old':>8s}")
+    print(f"  {'':44s} {'old':>9s} {'new':>9s} {'new/old':>8s} {'old best':>9s} {'new best':>9s} {'ratio':>7s}")
     for key, label in rows:
-        old, new = max(r[key] for r in runs["old"]), max(r[key] for r in runs["new"])
-        print(f"  {label:44s} {old:9.1f} {new:9.1f} {new / old:7.2f}x")
+        old, new = (statistics.median(r[key] for r in runs[side]) for side in ("old", "new"))
+        old_best, new_best = (max(r[key] for r in runs[side]) for side in ("old", "new"))
+        print(
+            f"  {label:44s} {old:9.1f} {new:9.1f} {new / old:7.2f}x "
+            f"{old_best:9.1f} {new_best:9.1f} {new_best / old_best:6.2f}x"
+        )
     same = runs["old"][0]["single_ids"] == runs["new"][0]["single_ids"]
     same_batch = runs["old"][0]["batch_out"] == runs["new"][0]["batch_out"]
     print(
