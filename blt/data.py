@@ -322,7 +322,8 @@ class PackedBatches(torch.utils.data.IterableDataset):
         b, n = self.config.batch_size, self.config.seq_len
         windows = self._windows(epoch)[j * b : (j + 1) * b]
         rows = np.stack([self.ids[w * n : w * n + n + 1] for w in windows.tolist()])
-        if self.vocab_size is not None:  # once per batch on the host: the models need not read ids back from a device
+        # once per batch on the host: the models need not read ids back from a device
+        if self.vocab_size is not None:
             check_ids(rows, self.vocab_size)
         return torch.from_numpy(rows.astype(np.int64))  # [batch_size, seq_len + 1]
 

@@ -14,8 +14,9 @@ The logits equal those of :meth:`BLT.forward` on the whole sequence (patch bound
 bytes before t), so greedy cached decoding reproduces greedy decoding that recomputes everything.
 
 Prompts of different lengths decode together: each row keeps its own positions, every step advances all
-rows through the byte-level parts, and the global transformer steps only the rows that closed a patch. Each prompt is prefilled on its
-own through the modules' ordinary forward, then the caches of all prompts are joined into one batch.
+rows through the byte-level parts, and the global transformer steps only the rows that closed a patch. Each
+prompt is prefilled on its own through the modules' ordinary forward, then the caches of all prompts are
+joined into one batch.
 """
 
 from __future__ import annotations
@@ -346,7 +347,7 @@ def generate(
         else:
             state = Recompute(model, prompts, patching)
         active = list(range(len(rows)))  # prompt index of each row of ``state``
-        start = list(getattr(state, "patches", closed))
+        start = list(state.patches) if report else []  # report needs the cache, whose rows count patches
         while True:
             if temperature == 0:
                 tokens = state.logits.argmax(-1).tolist()

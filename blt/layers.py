@@ -148,12 +148,7 @@ class KVCache:
         if not self.ring and self.bound > self.size and given:
             # rows that did not advance make the bound too high: a rare sync keeps the buffer from growing
             self.bound = int(positions.max()) + 1
-        if not self.ring and self.bound > self.size:
-            self._grow(max(2 * self.size, self.bound))
-        if self.bound > self.rot.shape[0]:
-            self.rot = self.rotary(
-                torch.arange(max(2 * self.rot.shape[0], self.bound, 64), device=self.pos.device)
-            )
+        self._reserve()
         # a chunk written into a ring before it attends would overwrite keys its own first queries need
         self.in_place = not self.ring or T == 1
         keep = positions[:, -self.size :] if self.size < T else positions  # at most one per slot
@@ -168,10 +163,21 @@ class KVCache:
                 self.filled
             )  # every row holds positions 0 .. filled - 1, in the slots of those numbers
         else:
-            seen = attention_mask(positions, keys, self.window)  # [B, 1, T, S or S + T]
-            # an additive mask: SDPA's CPU kernel is faster with it than with a boolean one
-            self.mask = torch.where(seen, 0.0, float("-inf")).to(self.dtype)
+            self.mask = self._additive(attention_mask(positions, keys, self.window))  # [B, 1, T, S or S + T]
         return positions, self.rot[positions]
+
+    def _reserve(self) -> None:
+        """Slots (a buffer that is no ring grows) and rotations for every position below ``bound``."""
+        if not self.ring and self.bound > self.size:
+            self._grow(max(2 * self.size, self.bound))
+        if self.bound > self.rot.shape[0]:
+            self.rot = self.rotary(
+                torch.arange(max(2 * self.rot.shape[0], self.bound, 64), device=self.pos.device)
+            )
+
+    def _additive(self, seen: torch.Tensor) -> torch.Tensor:
+        """A boolean mask as an additive one: SDPA's CPU kernel is faster with it than with the boolean."""
+        return torch.where(seen, 0.0, float("-inf")).to(self.dtype)
 
     def _static_step(self):
         """prepare() of one position per row in a static cache: tensor operations only."""
@@ -180,8 +186,7 @@ class KVCache:
         self.slots = positions % self.size if self.ring else positions
         self.pos.scatter_(1, self.slots, positions)
         self.in_place, self.visible = True, None
-        seen = attention_mask(positions, self.pos, self.window)  # [B, 1, 1, S]
-        self.mask = torch.where(seen, 0.0, float("-inf")).to(self.dtype)
+        self.mask = self._additive(attention_mask(positions, self.pos, self.window))  # [B, 1, 1, S]
         return positions, self.rot[positions]
 
     def _prepare_rows(self, T: int, positions: torch.Tensor, rows: torch.Tensor):
@@ -195,18 +200,12 @@ class KVCache:
         self.bound += T
         if not self.ring and self.bound > self.size:
             self.bound = int(self.next.max())  # rows that did not advance made the bound too high
-            if self.bound > self.size:
-                self._grow(max(2 * self.size, self.bound))
-        if self.bound > self.rot.shape[0]:
-            self.rot = self.rotary(
-                torch.arange(max(2 * self.rot.shape[0], self.bound, 64), device=self.pos.device)
-            )
+        self._reserve()
         self.index = rows.unsqueeze(1)  # [n, 1]
         self.slots = positions % self.size if self.ring else positions
         self.pos[self.index, self.slots] = positions
         self.in_place, self.visible = True, None
-        seen = attention_mask(positions, self.pos[rows], self.window)  # [n, 1, T, S]
-        self.mask = torch.where(seen, 0.0, float("-inf")).to(self.dtype)
+        self.mask = self._additive(attention_mask(positions, self.pos[rows], self.window))  # [n, 1, T, S]
         return positions, self.rot[positions]
 
     def _grow(self, size: int) -> None:
@@ -304,7 +303,7 @@ class SelfAttention(nn.Module):
         if cache is None:
             drop = self.dropout if self.training else 0.0
             k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hkv, T, D]
-            seg = segments
+            seg = segments  # queries and keys are the same sequence
             y = causal_attention(
                 q, k, v, positions, positions, self.window, seg, seg, self.backend, drop, consecutive
             )
@@ -312,7 +311,6 @@ class SelfAttention(nn.Module):
             k, v = cache.update(k, v)  # the cache's [B, Hkv, S, D]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.cache.mask, enable_gqa=Hkv != H)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
-
 
     def step(self, x: torch.Tensor, rot: torch.Tensor, cache: LayerCache) -> torch.Tensor:
         """The forward of one position per row x [B, 1, dim] with a small stack's cache (fused q/k/v): at one

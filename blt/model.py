@@ -165,7 +165,9 @@ class LocalEncoder(nn.Module):
         n_cross = config.n_layers if config.cross_attn_all_layers else 1
         self.cross_attn_layers = nn.ModuleList(CrossAttention(config) for _ in range(n_cross))
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None, static: bool = False) -> EncoderCache:
+    def new_cache(
+        self, batch_size: int = 1, max_len: int | None = None, static: bool = False
+    ) -> EncoderCache:
         """``static``: see :class:`blt.layers.KVCache`."""
         max_len = self.config.max_seq_len if max_len is None else max_len
         return EncoderCache(self, batch_size, max_len, static)
@@ -279,7 +281,9 @@ class LocalDecoder(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = nn.Linear(config.dim, vocab_size, bias=False)
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None, static: bool = False) -> DecoderCache:
+    def new_cache(
+        self, batch_size: int = 1, max_len: int | None = None, static: bool = False
+    ) -> DecoderCache:
         """``static``: see :class:`blt.layers.KVCache`."""
         max_len = self.config.max_seq_len if max_len is None else max_len
         return DecoderCache(self, batch_size, max_len, static)
