@@ -485,13 +485,18 @@ class BLT(nn.Module):
             from blt.eval.dial import resolve_patching
 
             patching = resolve_patching(self, patching, ids)
-        if patch_lengths is None:
+        given = patch_lengths is not None
+        if not given:
             if next_starts is not None:
                 raise ValueError("next_starts needs patch_lengths: it belongs to a given patching")
             patch_lengths, next_starts = self.compute_patches(ids, patching)
-        if next_starts is not None and tuple(next_starts.shape) != (B,):
-            raise ValueError(f"next_starts must have shape [{B}], got {tuple(next_starts.shape)}")
-        lengths = self.check_patch_lengths(patch_lengths, ids, check)
+        if next_starts is not None and (tuple(next_starts.shape) != (B,) or next_starts.dtype != torch.bool):
+            raise ValueError(
+                f"next_starts must be a bool tensor of shape [{B}], got {next_starts.dtype} "
+                f"{tuple(next_starts.shape)}"
+            )
+        # computed lengths are valid by construction: only caller-given values are worth reading
+        lengths = self.check_patch_lengths(patch_lengths, ids, check if given else False)
         P = lengths.shape[1]
 
         h = self.encoder(ids)  # [B, T, De]

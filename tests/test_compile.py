@@ -127,8 +127,14 @@ def test_check_false_skips_values_but_not_shapes():
         model(ids, torch.tensor([[1, 5]]), check=False)
     with pytest.raises(ValueError, match="integer"):
         model(ids, torch.ones(2, 2), check=False)
-    with pytest.raises(ValueError, match=r"next_starts must have shape \[2\]"):
+    with pytest.raises(
+        ValueError, match=r"next_starts must be a bool tensor of shape \[2\], got torch.bool \(3,\)"
+    ):
         model(ids, static_lengths(ids), torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(
+        ValueError, match=r"next_starts must be a bool tensor of shape \[2\], got torch.int64"
+    ):
+        model(ids, static_lengths(ids), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="next_starts needs patch_lengths"):
         model(ids, next_starts=torch.zeros(2, dtype=torch.bool))
 
