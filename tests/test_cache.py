@@ -26,6 +26,17 @@ def tiny_lm(window=None, kv_heads=None, seed=0) -> CausalLM:
 CHUNKS = [5, 1, 1, 7, 1, 1, 1, 1, 3, 1, 1]
 
 
+def assert_chunks_continue(run, ids: torch.Tensor, full: torch.Tensor) -> int:
+    """``run(chunk)`` over consecutive CHUNKS of ids [B, T] gives the same slices of ``full`` (the forward
+    over all of ids); returns the positions fed."""
+    start = 0
+    for n in CHUNKS:
+        chunk = slice(start, start + n)
+        torch.testing.assert_close(run(ids[:, chunk]), full[:, chunk], atol=1e-5, rtol=1e-5)
+        start += n
+    return start
+
+
 @pytest.mark.parametrize("window", [None, 4], ids=["full", "ring"])
 @pytest.mark.parametrize("kv_heads", [None, 2], ids=["mha", "gqa"])
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
@@ -37,16 +48,8 @@ def test_cached_chunks_equal_one_forward(monkeypatch, window, kv_heads, fuse):
     full = model(ids)
     cache = model.new_cache(batch_size=2)
     assert (cache.layers[0].qkv is not None) == fuse and cache.ring == (window is not None)
-    start = 0
     with torch.no_grad():
-        for n in CHUNKS:
-            torch.testing.assert_close(
-                model(ids[:, start : start + n], cache=cache),
-                full[:, start : start + n],
-                atol=1e-5,
-                rtol=1e-5,
-            )
-            start += n
+        start = assert_chunks_continue(lambda chunk: model(chunk, cache=cache), ids, full)
     if window is not None:
         assert cache.size == window and cache.mask is None  # a full ring: every slot is seen, no mask
         assert sorted(cache.pos[0].tolist()) == list(range(start - window, start))
@@ -105,15 +108,8 @@ def test_encoder_cache_equals_forward(hash_functions):
     ids = random_ids(2, sum(CHUNKS), seed=5)
     with torch.no_grad():
         full = encoder(ids)
-        cache, start = encoder.new_cache(batch_size=2), 0
-        for n in CHUNKS:
-            torch.testing.assert_close(
-                encoder(ids[:, start : start + n], cache=cache),
-                full[:, start : start + n],
-                atol=1e-5,
-                rtol=1e-5,
-            )
-            start += n
+        cache = encoder.new_cache(batch_size=2)
+        assert_chunks_continue(lambda chunk: encoder(chunk, cache=cache), ids, full)
 
 
 def test_encoder_open_patch_pools_like_the_forward():
