@@ -255,6 +255,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side with --against")
     parser.add_argument("--worker", metavar="CHECKPOINT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name in ("new", "threads", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.worker:
         return worker(args)
     torch.set_num_threads(args.threads)
