@@ -181,8 +181,8 @@ class KVCache:
 
     def _static_step(self):
         """prepare() of one position per row in a static cache: tensor operations only."""
-        positions = self.next.unsqueeze(1)  # [B, 1]
-        self.next = self.next + 1
+        positions = self.next.unsqueeze(1).clone()  # [B, 1]
+        self.next.add_(1)  # in place, as every write of a step: a captured graph replays into the same memory
         self.slots = positions % self.size if self.ring else positions
         self.pos.scatter_(1, self.slots, positions)
         self.in_place, self.visible = True, None
