@@ -32,6 +32,7 @@ from blt.patch_ops import decoder_patch_ids, patch_ids_from_lengths
 from blt.patcher import StreamingPatcher, lengths_from_starts
 from blt.patcher.schemes import ENTROPY_SCHEMES
 from blt.tokenizer import EOS_ID, OFFSET, check_ids, decode, encode
+from blt.validation import checks_values
 
 
 class _Prefill:
@@ -121,6 +122,14 @@ class IncrementalDecoder:
     def push(self, tokens) -> torch.Tensor:
         """Feed one id per row (list or LongTensor [B]); returns the logits [B, vocab] for the ids after them."""
         model, device = self.model, self.logits.device
+        vocab = model.config.vocab_size
+        if isinstance(tokens, torch.Tensor):
+            if checks_values(None, tokens):  # free on the CPU; a device's ids are the caller's to check
+                check_ids(tokens, vocab)
+        else:  # host ids (generate's) are checked as plain ints: cheaper than any tensor check
+            tokens = list(tokens)
+            if not all(isinstance(t, Integral) and 0 <= t < vocab for t in tokens):
+                check_ids(tokens, vocab)  # names the first bad id
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=device).reshape(-1)
         if tokens.numel() != self.batch_size:
             raise ValueError(f"push takes one id per row ({self.batch_size}), got {tokens.numel()}")
@@ -130,7 +139,7 @@ class IncrementalDecoder:
             raise ValueError(f"a sequence would exceed the configured maximum sequence length {self.max_len}")
         x = tokens.unsqueeze(1)  # [B, 1]
         # every cache but the global one continues its rows by one position
-        self.patcher.feed(x)  # checks the ids before any cache changes
+        self.patcher.feed(x, check=False)  # the ids were checked above, before any cache changes
         closes = self.patcher.next_starts()  # [B] the new byte ends its patch
         h = model.encoder(x, cache=self.encoder)  # [B, 1, D]
         self.encoder.extend_open(h)

@@ -23,9 +23,11 @@ from blt.config import TransformerConfig
 from blt.masks import attention_mask
 
 EMPTY = 1 << 62  # position of a KV cache slot that holds nothing: no query ever sees it
-# A cache of a stack with at most this many q/k/v/gate/up weights carries fused copies of them (one matmul
-# instead of three, one instead of two). Small stacks step at the cost of their ops, so fusing pays; bigger
-# ones are bound by reading their weights, where fusing gains nothing and would double their memory.
+# A cache of a stack with at most this many q/k/v/gate/up weights carries copies of its weights for decoding:
+# q/k/v and gate/up fused (one matmul instead of three, one instead of two), every projection stored
+# [in, out]. Small stacks step at the cost of their ops, so fusing pays; and a one-row product streams an
+# [in, out] weight about twice as fast as the [out, in] one of nn.Linear (measured on the CPU, weights out of
+# L2). Bigger stacks would double their memory for it.
 FUSE_LIMIT = 1 << 24
 
 
@@ -131,8 +133,11 @@ class KVCache:
         if rows is not None:
             return self._prepare_rows(T, positions, rows)
         self.index = self.rows
-        if self.static and T == 1 and positions is None:
-            return self._static_step()
+        if T == 1 and positions is None:
+            if self.static:
+                return self._static_step()
+            if self.aligned:
+                return self._aligned_step()
         given = positions is not None
         if not given:
             positions = self.next.unsqueeze(1)
@@ -163,6 +168,9 @@ class KVCache:
                 self.filled
             )  # every row holds positions 0 .. filled - 1, in the slots of those numbers
         else:
+            if self.in_place and not self.ring:  # slots from ``bound`` on are empty: no query reads them
+                self.visible = self.bound
+                keys = keys[:, : self.bound]
             self.mask = self._additive(attention_mask(positions, keys, self.window))  # [B, 1, T, S or S + T]
         return positions, self.rot[positions]
 
@@ -179,6 +187,20 @@ class KVCache:
         """A boolean mask as an additive one: SDPA's CPU kernel is faster with it than with the boolean."""
         return torch.where(seen, 0.0, float("-inf")).to(self.dtype)
 
+    def _aligned_step(self):
+        """prepare() of one position per row when every row holds positions 0 .. filled - 1: the new position
+        is ``filled`` in every row, known on the host, so one slot is written (no index tensors)."""
+        p = self.filled
+        positions = self.next.unsqueeze(1)  # [B, 1], all p
+        self.next, self.filled, self.bound = self.next + 1, p + 1, self.bound + 1
+        self._reserve()
+        self.slots = p % self.size if self.ring else p
+        self.pos[:, self.slots] = p
+        self.in_place, self.mask, self.visible = True, None, None
+        if not (self.ring and self.filled >= self.size):  # else every slot holds one of the last positions
+            self.visible = self.filled
+        return positions, self.rot[p : p + 1].unsqueeze(0)  # [1, 1, 1, Dh/2]
+
     def _static_step(self):
         """prepare() of one position per row in a static cache: tensor operations only."""
         positions = self.next.unsqueeze(1).clone()  # [B, 1]
@@ -190,22 +212,26 @@ class KVCache:
         return positions, self.rot[positions]
 
     def _prepare_rows(self, T: int, positions: torch.Tensor, rows: torch.Tensor):
-        """prepare() for some rows only: their keys are gathered, so a mask always decides what they see."""
-        if positions is None or positions.shape[0] != rows.shape[0]:
-            raise ValueError("continuing some rows of a KV cache takes their positions [n, T]")
-        if self.ring and T > 1:
-            raise ValueError("continuing some rows of a windowed KV cache takes one position per row")
+        """prepare() for some rows only, one position each. Only their keys/values are computed and written,
+        but their queries attend among every row of the cache (placed in a batch whose other rows are
+        thrown away): gathering their keys/values would copy the whole cache of those rows."""
+        if positions is None or positions.shape != (rows.shape[0], 1) or T != 1:
+            raise ValueError("continuing some rows [n] of a KV cache takes one position per row [n, 1]")
         self.filled, self.aligned = 0, False
-        self.next = self.next.index_copy(0, rows, positions[:, -1] + 1)
-        self.bound += T
+        self.next = self.next.index_copy(0, rows, positions[:, 0] + 1)
+        self.bound += 1
         if not self.ring and self.bound > self.size:
             self.bound = int(self.next.max())  # rows that did not advance made the bound too high
         self._reserve()
         self.index = rows.unsqueeze(1)  # [n, 1]
         self.slots = positions % self.size if self.ring else positions
         self.pos[self.index, self.slots] = positions
-        self.in_place, self.visible = True, None
-        self.mask = self._additive(attention_mask(positions, self.pos[rows], self.window))  # [n, 1, T, S]
+        self.in_place = True
+        # slots of a buffer that is no ring are empty from ``bound`` on: no query reads them
+        self.visible = None if self.ring else self.bound
+        # every row's query at its latest position: the other rows' outputs are dropped, but stay finite
+        latest = (self.next - 1).unsqueeze(1)  # [B, 1]
+        self.mask = self._additive(attention_mask(latest, self.pos[:, : self.visible], self.window))
         return positions, self.rot[positions]
 
     def _grow(self, size: int) -> None:
@@ -240,36 +266,58 @@ class KVCache:
 
 
 class LayerCache:
-    """One layer's keys/values in a :class:`KVCache` (what a :class:`Block` takes), with the layer's fused
-    q/k/v and gate/up weights when its stack is small (see ``FUSE_LIMIT``; None otherwise)."""
+    """One layer's keys/values in a :class:`KVCache` (what a :class:`Block` takes), with the layer's decoding
+    weights when its stack is small (see ``FUSE_LIMIT``; None otherwise): q/k/v fused, o, gate/up fused and
+    down, each [in, out]."""
 
     def __init__(self, cache: KVCache, buffer: torch.Tensor, block: Block | None):
         self.cache, self.k, self.v = cache, buffer, buffer.clone()  # [B, Hkv, S, Dh] each
-        self.qkv = self.gate_up = None
+        self.qkv = self.o = self.gate_up = self.down = None
         if block is not None:
             a, m = block.attn, block.mlp
-            self.qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
-            self.gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
+            self.qkv = _inputs_first(a.q_proj, a.k_proj, a.v_proj)
+            self.o = _inputs_first(a.o_proj)
+            self.gate_up = _inputs_first(m.gate_proj, m.up_proj)
+            self.down = _inputs_first(m.down_proj)
 
     def update(self, k: torch.Tensor, v: torch.Tensor):
         """Store the new keys/values [B, T, Hkv, Dh] of the forward the cache prepared; returns the keys and
         values [B, Hkv, S', Dh] its queries attend to."""
         cache, keys, values = self.cache, self.k, self.v
-        if not cache.in_place:
-            keys = torch.cat([keys, k.transpose(1, 2)], dim=2)
-            values = torch.cat([values, v.transpose(1, 2)], dim=2)
-        n = cache.slots.shape[1]
-        if n < k.shape[1]:  # a chunk longer than the ring: only its newest entries stay
-            k, v = k[:, -n:], v[:, -n:]
-        # rows [B, 1] and slots [B, n] index [B, n, Hkv, Dh]
-        self.k[cache.index, :, cache.slots] = k
-        self.v[cache.index, :, cache.slots] = v
-        if cache.index is not cache.rows:  # some rows only: theirs
-            rows = cache.index[:, 0]
-            return self.k.index_select(0, rows), self.v.index_select(0, rows)
+        if isinstance(cache.slots, int):  # one position, the same slot in every row
+            keys[:, :, cache.slots] = k[:, 0]
+            values[:, :, cache.slots] = v[:, 0]
+        else:
+            if not cache.in_place:
+                keys = torch.cat([keys, k.transpose(1, 2)], dim=2)
+                values = torch.cat([values, v.transpose(1, 2)], dim=2)
+            n = cache.slots.shape[1]
+            if n < k.shape[1]:  # a chunk longer than the ring: only its newest entries stay
+                k, v = k[:, -n:], v[:, -n:]
+            # rows [B, 1] and slots [B, n] index [B, n, Hkv, Dh]
+            self.k[cache.index, :, cache.slots] = k
+            self.v[cache.index, :, cache.slots] = v
         if cache.visible is not None:
             keys, values = keys[:, :, : cache.visible], values[:, :, : cache.visible]
         return keys, values
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store the new keys/values k, v [B or n, T, Hkv, Dh] (see :meth:`update`) and attend queries q
+        [B or n, H, T, Dh] to what the cache then holds -> [B or n, H, T, Dh]."""
+        cache = self.cache
+        keys, values = self.update(k, v)
+        some = cache.index is not cache.rows
+        if some:  # the queries of some rows, placed among all rows (KVCache._prepare_rows)
+            rows = cache.index[:, 0]
+            q = q.new_zeros(cache.batch_size, *q.shape[1:]).index_copy(0, rows, q)
+        gqa = keys.shape[1] != q.shape[1]
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask, enable_gqa=gqa)
+        return y.index_select(0, rows) if some else y
+
+
+def _inputs_first(*linears: nn.Linear) -> torch.Tensor:
+    """The weights of ``linears`` side by side as one [in, sum of outs] matrix (``x @ w`` applies them all)."""
+    return torch.cat([lin.weight.detach().t() for lin in linears], dim=1)  # one copy, already [in, out]
 
 
 class SelfAttention(nn.Module):
@@ -292,7 +340,7 @@ class SelfAttention(nn.Module):
             return self.step(x, rot, cache)
         if cache is not None and cache.qkv is not None:
             # a small stack decoding: q/k/v in one matmul, q and k rotated in one go
-            qkv = F.linear(x, cache.qkv).view(B, T, H + 2 * Hkv, D)
+            qkv = (x @ cache.qkv).view(B, T, H + 2 * Hkv, D)
             qk = apply_rope(qkv[:, :, : H + Hkv], rot)
             q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + Hkv :]  # [B, T, heads, D]
         else:
@@ -308,8 +356,9 @@ class SelfAttention(nn.Module):
                 q, k, v, positions, positions, self.window, seg, seg, self.backend, drop, consecutive
             )
         else:
-            k, v = cache.update(k, v)  # the cache's [B, Hkv, S, D]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.cache.mask, enable_gqa=Hkv != H)
+            y = cache.attend(q, k, v)
+            if cache.o is not None:
+                return y.transpose(1, 2).reshape(B, T, -1) @ cache.o
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     def step(self, x: torch.Tensor, rot: torch.Tensor, cache: LayerCache) -> torch.Tensor:
@@ -317,11 +366,10 @@ class SelfAttention(nn.Module):
         position [B, heads, 1, D] and [B, 1, heads, D] are the same memory, so no transposes (decoding runs
         this once per layer and byte, where every op counts)."""
         B, H, Hkv, D = x.shape[0], self.n_heads, self.n_kv, self.head_dim
-        qkv = F.linear(x, cache.qkv).view(B, H + 2 * Hkv, 1, D)
+        qkv = (x @ cache.qkv).view(B, H + 2 * Hkv, 1, D)
         qk = apply_rope(qkv[:, : H + Hkv], rot)  # rot [B, 1, 1, D/2] broadcasts over the heads
-        k, v = cache.update(qk[:, H:].transpose(1, 2), qkv[:, H + Hkv :].transpose(1, 2))
-        y = F.scaled_dot_product_attention(qk[:, :H], k, v, attn_mask=cache.cache.mask, enable_gqa=Hkv != H)
-        return self.o_proj(y.view(B, 1, -1))
+        y = cache.attend(qk[:, :H], qk[:, H:].transpose(1, 2), qkv[:, H + Hkv :].transpose(1, 2))
+        return y.view(B, 1, -1) @ cache.o
 
 
 class SwiGLU(nn.Module):
@@ -332,13 +380,12 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=False)
         self.projected = 2 * dim * hidden  # gate/up weights
 
-    def forward(self, x: torch.Tensor, gate_up: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T, dim]; ``gate_up``: the gate and up weights fused (a decoding cache keeps them)."""
-        if gate_up is not None:
-            gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """x [B, T, dim]; ``cache``: a decoding cache whose decoding weights, if it has them, replace these."""
+        if cache is not None and cache.gate_up is not None:
+            gate, up = (x @ cache.gate_up).chunk(2, dim=-1)
+            return (F.silu(gate) * up) @ cache.down
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nn.Module):
@@ -356,7 +403,7 @@ class Block(nn.Module):
         # in eval mode dropout is the identity: skipping its call matters when decoding byte by byte
         h = self.attn(self.attn_norm(x), rot, positions, cache, segments, consecutive)
         x = x + (self.dropout(h) if self.training else h)
-        h = self.mlp(self.mlp_norm(x), cache.gate_up if cache is not None else None)
+        h = self.mlp(self.mlp_norm(x), cache)
         return x + (self.dropout(h) if self.training else h)
 
 

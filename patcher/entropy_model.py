@@ -39,9 +39,10 @@ def segment_positions(segments: torch.Tensor) -> torch.Tensor:
     return idx - start
 
 
-def check_input_ids(ids: torch.Tensor) -> None:
-    """Clear errors for the inputs a user can get wrong: shape, dtype, empty, ids outside 0..259."""
-    check_id_batch(ids, VOCAB_SIZE)
+def check_input_ids(ids: torch.Tensor, check: bool | None = None) -> None:
+    """Clear errors for the inputs a user can get wrong: shape, dtype, empty, ids outside 0..259 (the range as
+    ``check`` says, see :func:`blt.validation.checks_values`)."""
+    check_id_batch(ids, VOCAB_SIZE, check)
 
 
 class EntropyModel(CausalLM):

@@ -60,11 +60,12 @@ class StreamingPatcher:
         """Whether the next byte fed will start a patch, per row [B] (known before the byte is)."""
         return self._next
 
-    def feed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Feed ids [B, n] (a prompt, or one step when n == 1); returns their start mask [B, n]."""
+    def feed(self, ids: torch.Tensor, check: bool | None = None) -> torch.Tensor:
+        """Feed ids [B, n] (a prompt, or one step when n == 1); returns their start mask [B, n]. ``check``:
+        whether to check the ids' range (:func:`blt.validation.checks_values`; False: the caller did)."""
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != self.batch_size:
             raise ValueError(f"feed takes ids [{self.batch_size}, n], got shape {tuple(getattr(ids, 'shape', ()))}")
-        check_input_ids(ids)
+        check_input_ids(ids, check)
         ids = ids.to(self.tail_ids.device, torch.long)
         n = ids.shape[1]
         if self.model is not None:  # the cache continues every row, as EntropyModel.entropies would

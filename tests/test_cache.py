@@ -89,6 +89,31 @@ def test_rows_at_their_own_positions(window):
         torch.testing.assert_close(out[1, 0], model(ids[1:, : lens[1] + 10])[0, -1], atol=1e-5, rtol=1e-5)
 
 
+def test_some_rows_step_alone():
+    """``rows`` continues only those rows of a cache (the global transformer's step when some rows closed a
+    patch): their outputs equal the forward over their own ids, the other rows' entries stay as they were,
+    and every row then goes on exactly."""
+    model = tiny_lm(seed=4)
+    stack = model.transformer
+    x = torch.randn(3, 9, 32, generator=torch.Generator().manual_seed(5))
+    full = stack(x)
+    cache = stack.new_cache(batch_size=3)
+    with torch.no_grad():
+        stack(x[:, :4], cache=cache)
+        held = [(layer.k.clone(), layer.v.clone()) for layer in cache.layers]
+        rows = torch.tensor([2, 0])
+        out = stack(x[rows, 4:5], torch.tensor([[4], [4]]), cache, rows=rows)
+        torch.testing.assert_close(out[:, 0], full[rows, 4], atol=1e-5, rtol=1e-5)
+        for (k, v), layer in zip(held, cache.layers):  # row 1 untouched
+            assert torch.equal(layer.k[1], k[1]) and torch.equal(layer.v[1], v[1])
+        out = stack(x[1:2, 4:5], torch.tensor([[4]]), cache, rows=torch.tensor([1]))
+        torch.testing.assert_close(out[:, 0], full[1:2, 4], atol=1e-5, rtol=1e-5)
+        out = stack(x[:, 5:6], torch.tensor([[5]] * 3), cache, rows=torch.arange(3))
+        torch.testing.assert_close(out[:, 0], full[:, 5], atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="one position per row"):
+            stack(x[:1, 6:8], torch.tensor([[6, 7]]), cache, rows=torch.tensor([0]))
+
+
 def test_cache_errors():
     model = tiny_lm()
     cache = model.new_cache(batch_size=2)

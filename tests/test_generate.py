@@ -87,6 +87,11 @@ def test_push_checks_its_input(model):
         state.push([70])
     with pytest.raises(ValueError, match="outside the byte vocabulary"):
         state.push([70, 400])
+    with pytest.raises(ValueError, match="outside the byte vocabulary"):
+        state.push(torch.tensor([70, -1]))
+    with pytest.raises(ValueError, match="integers"):
+        state.push([70, 80.5])
+    assert state.lengths == [2, 1]  # nothing was fed by the failed pushes
     with pytest.raises(ValueError, match="non-empty"):
         IncrementalDecoder(model, [torch.tensor([], dtype=torch.long)])
 
