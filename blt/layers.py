@@ -212,14 +212,15 @@ class KVCache:
         return positions, self.rot[positions]
 
     def _prepare_rows(self, T: int, positions: torch.Tensor, rows: torch.Tensor):
-        """prepare() for some rows only, one position each. Only their keys/values are computed and written,
-        but their queries attend among every row of the cache (placed in a batch whose other rows are
-        thrown away): gathering their keys/values would copy the whole cache of those rows."""
-        if positions is None or positions.shape != (rows.shape[0], 1) or T != 1:
-            raise ValueError("continuing some rows [n] of a KV cache takes one position per row [n, 1]")
+        """prepare() for some rows only: their keys are gathered (up to ``bound``), so a mask always decides
+        what they see."""
+        if positions is None or positions.shape[0] != rows.shape[0]:
+            raise ValueError("continuing some rows of a KV cache takes their positions [n, T]")
+        if self.ring and T > 1:
+            raise ValueError("continuing some rows of a windowed KV cache takes one position per row")
         self.filled, self.aligned = 0, False
-        self.next = self.next.index_copy(0, rows, positions[:, 0] + 1)
-        self.bound += 1
+        self.next = self.next.index_copy(0, rows, positions[:, -1] + 1)
+        self.bound += T
         if not self.ring and self.bound > self.size:
             self.bound = int(self.next.max())  # rows that did not advance made the bound too high
         self._reserve()
@@ -229,9 +230,7 @@ class KVCache:
         self.in_place = True
         # slots of a buffer that is no ring are empty from ``bound`` on: no query reads them
         self.visible = None if self.ring else self.bound
-        # every row's query at its latest position: the other rows' outputs are dropped, but stay finite
-        latest = (self.next - 1).unsqueeze(1)  # [B, 1]
-        self.mask = self._additive(attention_mask(latest, self.pos[:, : self.visible], self.window))
+        self.mask = self._additive(attention_mask(positions, self.pos[rows, : self.visible], self.window))
         return positions, self.rot[positions]
 
     def _grow(self, size: int) -> None:
@@ -303,16 +302,14 @@ class LayerCache:
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store the new keys/values k, v [B or n, T, Hkv, Dh] (see :meth:`update`) and attend queries q
-        [B or n, H, T, Dh] to what the cache then holds -> [B or n, H, T, Dh]."""
+        [B or n, H, T, Dh] to what the cache then holds (of their rows) -> [B or n, H, T, Dh]."""
         cache = self.cache
         keys, values = self.update(k, v)
-        some = cache.index is not cache.rows
-        if some:  # the queries of some rows, placed among all rows (KVCache._prepare_rows)
+        if cache.index is not cache.rows:  # some rows only: theirs
             rows = cache.index[:, 0]
-            q = q.new_zeros(cache.batch_size, *q.shape[1:]).index_copy(0, rows, q)
+            keys, values = keys.index_select(0, rows), values.index_select(0, rows)
         gqa = keys.shape[1] != q.shape[1]
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask, enable_gqa=gqa)
-        return y.index_select(0, rows) if some else y
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask, enable_gqa=gqa)
 
 
 def _inputs_first(*linears: nn.Linear) -> torch.Tensor:
