@@ -1,7 +1,7 @@
 """Generation speed on the CPU: our cached decoding vs transformers' BltForCausalLM without cache, or vs an
 older revision of this repository.
 
-    python bench/generate.py [--data /path/to/text.txt] [--new 512] [--threads 1]
+    python bench/generate.py [--data /path/to/text.txt] [--new 512] [--threads 1] [--rounds 3]
     python bench/generate.py --against REV [--rounds 3] [--data ...]
 
 One tiny random checkpoint in the transformers layout serves every side (ours loads it with
@@ -10,6 +10,8 @@ process (one thread: time spent waiting for a core on a shared machine is not co
 256 and after 2048 bytes of context (prefill excluded: the time of a 1-byte generation from the same prompt
 is subtracted), which stays flat: local caches are windowed and the global model steps once per patch. Last,
 8 prompts of different lengths decoded as one batch vs one after the other (greedy, same bytes either way).
+Our numbers are the median of ``--rounds`` rounds; transformers runs once (it is slow, and the slower
+side's noise moves the ratio least).
 
 ``--against REV`` measures git revision REV and the working tree with the same measurement, each in its own
 subprocess that imports a copy of the package laid out as it installs (blt/, with patcher/, kernels/ and
@@ -44,8 +46,10 @@ FALLBACK_TEXT = (
     "of the text. " * 40
 )
 CONTEXTS = (256, 2048)
-CONTEXT_STEPS = 256
+CONTEXT_STEPS = 512  # long enough that the prefill subtracted is not most of what was timed
 BATCH_LENGTHS = (40, 65, 90, 120, 150, 180, 205, 230)
+MEDIAN_KEYS = ("single", "single_s", *(f"context_{c}" for c in CONTEXTS), "batched", "batched_s")
+MEDIAN_KEYS += ("sequential", "sequential_s")
 
 
 def tiny_hf_checkpoint(directory: Path) -> None:
@@ -109,8 +113,9 @@ def measure(model: BLT, text: bytes, new: int) -> dict:
     for context in CONTEXTS:
         ids = torch.tensor(encode(text[: context - 1]))
         _, prefill_s = timed(lambda ids=ids: model.generate(ids, 1, temperature=0.0))
-        _, total_s = timed(lambda ids=ids: model.generate(ids, 1 + CONTEXT_STEPS, temperature=0.0))
-        result[f"context_{context}"] = CONTEXT_STEPS / max(total_s - prefill_s, 1e-9)
+        out, total_s = timed(lambda ids=ids: model.generate(ids, 1 + CONTEXT_STEPS, temperature=0.0))
+        # EOS may stop it early: count the steps taken (every byte after the first is one)
+        result[f"context_{context}"] = (len(out) - 1) / max(total_s - prefill_s, 1e-9)
     # EOS may end a row early, so count the bytes actually generated
     prompts = [text[i * 500 : i * 500 + n] for i, n in enumerate(BATCH_LENGTHS)]
     batched, batched_s = timed(lambda: model.generate(prompts, new, temperature=0.0))
@@ -219,9 +224,12 @@ def versus_transformers(args, checkpoint: Path) -> None:
 
     text = read_text(args.data)
     ours = BLT.from_pretrained(checkpoint)
-    theirs = BltForCausalLM.from_pretrained(checkpoint).eval()
     prompt = torch.tensor([encode(text[:63])])  # BOS + 63 bytes = 64 ids
-    result = measure(ours, text, args.new)
+    runs = [measure(ours, text, args.new) for _ in range(args.rounds)]
+    # one round is noisy on a shared machine: each of our numbers is the median round's
+    result = {**runs[0], **{key: statistics.median(r[key] for r in runs) for key in MEDIAN_KEYS}}
+    result["batch_same"] = all(r["batch_same"] for r in runs)
+    theirs = BltForCausalLM.from_pretrained(checkpoint).eval()  # loaded only now: ours ran alone
     with torch.no_grad():
         out, theirs_s = timed(
             lambda: theirs.generate(
@@ -231,12 +239,17 @@ def versus_transformers(args, checkpoint: Path) -> None:
     differ = (out[0, prompt.shape[1] :] != torch.tensor(result["single_ids"])).nonzero()
     same = "yes" if len(differ) == 0 else f"up to byte {int(differ[0])} (then a near-tie in float32 logits)"
     ours_s = result["single_s"]
-    print(f"{args.new} new bytes after a 64-byte prompt (greedy, {args.threads} thread(s)):")
+    print(
+        f"{args.new} new bytes after a 64-byte prompt (greedy, {args.threads} thread(s); ours: median of "
+        f"{args.rounds} round(s)):"
+    )
     print(f"  ours, cached:                  {result['single']:8.1f} bytes/s ({ours_s:.2f} s)")
     print(f"  transformers, use_cache=False: {args.new / theirs_s:8.1f} bytes/s ({theirs_s:.2f} s)")
     print(f"  speed-up {theirs_s / ours_s:.1f}x; identical greedy bytes: {same}")
     for context in CONTEXTS:
         print(f"  ours after {context:4d} bytes of context: {result[f'context_{context}']:8.1f} bytes/s")
+    short, long = (result[f"context_{c}"] for c in CONTEXTS)
+    print(f"  per-byte cost after {CONTEXTS[1]} bytes vs {CONTEXTS[0]}: {short / long - 1:+.1%}")
     print(f"{len(BATCH_LENGTHS)} prompts of 40-230 bytes, {args.new} new bytes each (greedy):")
     print(f"  batched:    {result['batched']:8.1f} bytes/s ({result['batched_s']:.2f} s)")
     print(f"  sequential: {result['sequential']:8.1f} bytes/s ({result['sequential_s']:.2f} s)")
@@ -252,7 +265,9 @@ def main() -> None:
     parser.add_argument(
         "--against", metavar="REV", help="compare with git revision REV instead of transformers"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side with --against")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of our measurement (with --against: alternating, per side)"
+    )
     parser.add_argument("--worker", metavar="CHECKPOINT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name in ("new", "threads", "rounds"):

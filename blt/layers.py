@@ -75,12 +75,14 @@ class KVCache:
     slot's position (EMPTY: none). The layers share it, so a forward builds one mask (and looks up one rotary
     table) for all of them. Often none is needed: once every row's ring holds ``window`` consecutive
     positions, all of them are in the window of the next one; and rows that all hold positions 0 .. n - 1
-    (one prompt, or prompts of one length) see exactly the first n slots.
+    (one prompt, or prompts of one length) see exactly the first n slots, and their next position n is known
+    on the host, so a step writes its slot by number (no index tensors).
 
     A forward either continues every row (no positions given) or writes given positions [B, T]; these must
     continue each row: a chunk starts at or before the row's next position. With ``rows`` [n] it continues
     only those rows (the global transformer steps only the rows that closed a patch); the others keep what
-    they hold.
+    they hold. The continuing rows' keys are gathered up to ``bound`` (in a buffer that is no ring, no slot
+    past it holds anything).
 
     ``static``: every buffer is allocated for ``max_len`` positions up front, and a one-position step that
     continues every row is the same tensor operations whatever the cache holds (no shape or host value
