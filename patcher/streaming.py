@@ -74,10 +74,12 @@ class StreamingPatcher:
         else:
             entropies = torch.zeros(ids.shape, device=ids.device)
         k = self.tail_ids.shape[1]
+        tail_ids = torch.cat([self.tail_ids, ids], dim=1)  # [B, k + n]
+        tail_entropies = torch.cat([self.tail_entropies, entropies], dim=1)
         decided = decide_starts(
-            torch.cat([self.tail_ids, ids], dim=1),
+            tail_ids,
             self.patching,
-            torch.cat([self.tail_entropies, entropies], dim=1),
+            tail_entropies,
             offset=(self.length - k).unsqueeze(1),
             context=k,
             open_length=self.open_length,
@@ -86,8 +88,7 @@ class StreamingPatcher:
         if self.patching.max_patch_length is not None:  # only splitting long patches reads it
             last = torch.where(starts, torch.arange(n, device=ids.device), -1).amax(dim=1)  # [B], -1: no start
             self.open_length = torch.where(last >= 0, n - last, self.open_length + n)
-        self.tail_ids = torch.cat([self.tail_ids, ids], dim=1)[:, -TAIL:]
-        self.tail_entropies = torch.cat([self.tail_entropies, entropies], dim=1)[:, -TAIL:]
+        self.tail_ids, self.tail_entropies = tail_ids[:, -TAIL:], tail_entropies[:, -TAIL:]
         self.length = self.length + n
         if self.start_history is not None:
             self.start_history.append(starts)
