@@ -124,6 +124,8 @@ class IncrementalDecoder:
         model, device = self.model, self.logits.device
         vocab = model.config.vocab_size
         if isinstance(tokens, torch.Tensor):
+            if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+                raise ValueError(f"push takes integer ids, got a tensor of dtype {tokens.dtype}")
             if checks_values(None, tokens):  # free on the CPU; a device's ids are the caller's to check
                 check_ids(tokens, vocab)
         else:  # host ids (generate's) are checked as plain ints: cheaper than any tensor check

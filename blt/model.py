@@ -490,11 +490,15 @@ class BLT(nn.Module):
             if next_starts is not None:
                 raise ValueError("next_starts needs patch_lengths: it belongs to a given patching")
             patch_lengths, next_starts = self.compute_patches(ids, patching)
-        if next_starts is not None and (tuple(next_starts.shape) != (B,) or next_starts.dtype != torch.bool):
-            raise ValueError(
-                f"next_starts must be a bool tensor of shape [{B}], got {next_starts.dtype} "
-                f"{tuple(next_starts.shape)}"
-            )
+        if next_starts is not None and (
+            not isinstance(next_starts, torch.Tensor)
+            or tuple(next_starts.shape) != (B,)
+            or next_starts.dtype != torch.bool
+        ):
+            got = type(next_starts).__name__
+            if isinstance(next_starts, torch.Tensor):
+                got = f"{next_starts.dtype} {tuple(next_starts.shape)}"
+            raise ValueError(f"next_starts must be a bool tensor of shape [{B}], got {got}")
         # computed lengths are valid by construction: only caller-given values are worth reading
         lengths = self.check_patch_lengths(patch_lengths, ids, check if given else False)
         P = lengths.shape[1]

@@ -135,6 +135,8 @@ def test_check_false_skips_values_but_not_shapes():
         ValueError, match=r"next_starts must be a bool tensor of shape \[2\], got torch.int64"
     ):
         model(ids, static_lengths(ids), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"next_starts must be a bool tensor of shape \[2\], got list"):
+        model(ids, static_lengths(ids), [True, False])
     with pytest.raises(ValueError, match="next_starts needs patch_lengths"):
         model(ids, next_starts=torch.zeros(2, dtype=torch.bool))
 

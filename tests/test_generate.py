@@ -91,6 +91,8 @@ def test_push_checks_its_input(model):
         state.push(torch.tensor([70, -1]))
     with pytest.raises(ValueError, match="integers"):
         state.push([70, 80.5])
+    with pytest.raises(ValueError, match="integer ids, got a tensor of dtype torch.float32"):
+        state.push(torch.tensor([70.0, 80.0]))
     assert state.lengths == [2, 1]  # nothing was fed by the failed pushes
     with pytest.raises(ValueError, match="non-empty"):
         IncrementalDecoder(model, [torch.tensor([], dtype=torch.long)])
