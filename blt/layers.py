@@ -163,12 +163,9 @@ class KVCache:
         keys = self.pos if self.in_place else torch.cat([self.pos, positions], dim=1)
         self.pos[self.rows, self.slots] = keep
         self.mask, self.visible = None, None
+        # (one position per row of aligned rows took _aligned_step)
         if self.in_place and self.ring and self.filled >= self.size:
             pass  # every slot holds one of the last ``window`` positions: all are seen
-        elif T == 1 and self.aligned and (self.window is None or self.filled <= self.window):
-            self.visible = (
-                self.filled
-            )  # every row holds positions 0 .. filled - 1, in the slots of those numbers
         else:
             if self.in_place and not self.ring:  # slots from ``bound`` on are empty: no query reads them
                 self.visible = self.bound
