@@ -151,3 +151,12 @@ def test_forward_patches_under_the_given_patching_as_a_model_configured_with_it(
     assert (given.patch_lengths > 0).sum() > (own.patch_lengths > 0).sum()  # a lower threshold: more patches
     with pytest.raises(ValueError, match="give patch_lengths or patching, not both"):
         model(ids, patch_lengths=own.patch_lengths, patching=low)
+
+
+@pytest.mark.parametrize("command", ["entropy", "baseline"])
+def test_elastic_range_on_a_command_without_patching_is_refused(command, corpus, tmp_path, capsys):
+    code = main([command, "--data.source", str(corpus), "--run.output_dir", str(tmp_path / "runs"), *RANGE])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"run.elastic_patch_size ([2.0, 5.0]) patches BLT batches, but `{command}` trains" in err[0]
+    assert not (tmp_path / "runs").exists()  # refused before any run folder is made

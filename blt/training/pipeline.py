@@ -219,6 +219,11 @@ def check_settings(command: str, cfg: TrainConfig, stages: list[Stage]) -> None:
             cfg, blt, calibrating=stages[-1].resume is None and cfg.run.target_patch_size is not None
         )
         check_elastic(cfg, blt, stages[-1])
+    elif cfg.run.elastic_patch_size is not None:  # silently training without it would mislead
+        raise ConfigError(
+            f"run.elastic_patch_size ({cfg.run.elastic_patch_size}) patches BLT batches, but `{command}` "
+            "trains no patched model: set run.elastic_patch_size null or train `blt`"
+        )
 
 
 def check_patches(cfg: TrainConfig, blt: BLTConfig, calibrating: bool) -> None:
