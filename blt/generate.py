@@ -21,6 +21,7 @@ joined into one batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -293,7 +294,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    stop: bytes | str | None = None,
+    stop: bytes | str | Sequence[bytes | str] | None = None,
     seed: int | None = None,
     use_cache: bool = True,
     patching=None,
@@ -303,8 +304,9 @@ def generate(
 
     ``prompt``: str / bytes (BOS is added; returns the new bytes), a list of them (returns a list of bytes),
     or ids as a LongTensor [T] / [B, T] or a list of [T] tensors, used exactly as given (returns the new
-    ids as a tensor / list of tensors). A row stops after EOS or any byte in ``stop`` (bytes, or a str
-    read as its UTF-8 bytes; the stopping byte is kept in the output).
+    ids as a tensor / list of tensors). A row stops after EOS or once its new bytes end with a stop
+    sequence: ``stop`` is one (bytes, or a str read as its UTF-8 bytes) or a list of them; the stop sequence
+    is kept in the output, and only new bytes match it (not the prompt).
     ``temperature=0`` is greedy; ``seed`` makes sampling reproducible (row i uses seed + i).
     ``use_cache=False`` recomputes the whole forward for every byte (the reference).
     ``report=True`` returns ``(output, reports)``: one :class:`RowReport` per prompt (patches closed, global
@@ -323,11 +325,7 @@ def generate(
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
     if report and not use_cache:
         raise ValueError("report=True describes cached decoding; it needs use_cache=True")
-    if isinstance(stop, str):
-        stop = stop.encode("utf-8")
-    if stop is not None and not isinstance(stop, (bytes, bytearray)):
-        raise ValueError(f"stop must be bytes, str or None, got {type(stop).__name__}")
-    stop_ids = {EOS_ID} | {b + OFFSET for b in (stop or b"")}
+    stops = stop_sequences(stop)
     limit = min(model.config.encoder.max_seq_len, model.config.decoder.max_seq_len)
     device = model_device(model)
     for i, row in enumerate(rows):
@@ -369,7 +367,7 @@ def generate(
                 ]
             for i, token in zip(active, tokens):
                 outputs[i].append(token)
-            done = [tokens[j] in stop_ids or len(outputs[i]) == max_new_bytes for j, i in enumerate(active)]
+            done = [stopped(outputs[i], stops) or len(outputs[i]) == max_new_bytes for i in active]
             going = [j for j, d in enumerate(done) if not d]
             if report:
                 for j, i in enumerate(active):
@@ -384,6 +382,33 @@ def generate(
     if report:
         return result, [row_report(model, r, o, c, patching) for r, o, c in zip(rows, outputs, closed)]
     return result
+
+
+def stop_sequences(stop) -> dict[int, list[list[int]]]:
+    """``generate``'s ``stop`` as id sequences by their last id (so that a step compares only the sequences
+    its new id can end); empty sequences stop nothing."""
+    if stop is None:
+        stop = []
+    elif isinstance(stop, (str, bytes, bytearray)):
+        stop = [stop]
+    elif not isinstance(stop, (list, tuple)):
+        raise ValueError(f"stop must be bytes, str, a list of them or None, got {type(stop).__name__}")
+    by_last: dict[int, list[list[int]]] = {}
+    for item in stop:
+        if isinstance(item, str):
+            item = item.encode("utf-8")
+        if not isinstance(item, (bytes, bytearray)):
+            raise ValueError(f"each stop sequence must be bytes or str, got {type(item).__name__}: {item!r}")
+        if item:
+            ids = [b + OFFSET for b in item]
+            by_last.setdefault(ids[-1], []).append(ids)
+    return by_last
+
+
+def stopped(output: list[int], stops: dict[int, list[list[int]]]) -> bool:
+    """Whether a row's new ids ``output`` end with EOS or with a stop sequence."""
+    last = output[-1]
+    return last == EOS_ID or any(output[-len(s) :] == s for s in stops.get(last, ()))
 
 
 def _outputs(outputs: list[list[int]], kind: str):

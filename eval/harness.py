@@ -293,16 +293,14 @@ class BLTHarnessLM(LM):
             return [self.generate_causal(p, settings, seed + j) for j, p in enumerate(prompts)]
         from blt.tokenizer import decode
 
-        # BLT.generate stops at single bytes: exactly the stop strings when they are all one byte long;
-        # longer ones are cut afterwards (stopping early at their last byte would change sampled outputs)
-        single = settings.until and all(len(u) == 1 for u in settings.until)
+        # each row stops once a stop string completes; cut() then drops it, as lm-eval's own models do
         new = self.model.generate(
             [torch.tensor(p) for p in prompts],
             max_new_bytes=settings.max_bytes,
             temperature=settings.temperature,
             top_k=settings.top_k,
             top_p=settings.top_p,
-            stop=b"".join(settings.until) if single else None,
+            stop=settings.until,
             seed=seed,
         )
         return [decode(ids) for ids in new]

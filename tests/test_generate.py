@@ -172,18 +172,38 @@ def test_bad_generation_input(model):
         model.generate("a", 3, temperature=float("nan"))
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         model.generate("a", 3, top_k=2.5)
-    with pytest.raises(ValueError, match="stop must be bytes, str or None"):
-        model.generate("a", 3, stop=[10])
+    with pytest.raises(ValueError, match="stop must be bytes, str, a list of them or None, got int"):
+        model.generate("a", 3, stop=10)
+    with pytest.raises(ValueError, match="each stop sequence must be bytes or str, got int: 10"):
+        model.generate("a", 3, stop=[b"x", 10])
 
 
 def test_stop_may_be_text(model):
     full = model.generate("Hello", 40, temperature=0.0)
     ascii_byte = next(chr(b) for b in full[1:] if b < 0x80)  # its UTF-8 encoding is that one byte
-    for stop in ("é", "\n", ascii_byte):  # a str stops at any byte of its UTF-8 encoding
+    for stop in ("é", "\n", ascii_byte):  # a str is the sequence of its UTF-8 bytes
         by_text = model.generate("Hello", 40, temperature=0.0, stop=stop)
         assert by_text == model.generate("Hello", 40, temperature=0.0, stop=stop.encode("utf-8"))
     assert len(by_text) < len(full)
     assert model.generate("Hello", 40, temperature=0.0, stop="") == full
+
+
+def test_stop_sequences_end_a_row_once_complete(model):
+    full = model.generate("Hello", 40, temperature=0.0)
+    sequence = full[12:15]
+    end = full.index(sequence) + len(sequence)
+    assert model.generate("Hello", 40, temperature=0.0, stop=sequence) == full[:end]
+    # its first byte alone stops at that byte's first appearance; a sequence never generated stops nothing
+    first = full.index(sequence[:1]) + 1
+    assert model.generate("Hello", 40, temperature=0.0, stop=sequence[:1]) == full[:first]
+    absent = next(bytes([a, b]) for a in range(97, 123) for b in range(97, 123) if bytes([a, b]) not in full)
+    assert model.generate("Hello", 40, temperature=0.0, stop=absent) == full
+    # a list: the first sequence to complete ends the row; str and bytes mix, empty ones stop nothing
+    assert model.generate("Hello", 40, temperature=0.0, stop=[absent.decode(), sequence, ""]) == full[:end]
+    # only new bytes match: the prompt's last bytes complete no stop sequence
+    prompt = "Hello " + absent.decode()
+    free = model.generate(prompt, 40, temperature=0.0)
+    assert absent not in free and model.generate(prompt, 40, temperature=0.0, stop=absent) == free
 
 
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
@@ -235,7 +255,7 @@ def test_uneven_prompts_equal_their_own_decoding():
 def test_batch_rows_stop_at_different_steps(model):
     prompts = ["a", "Hello there", "x" * 30]
     free = [model.generate(p, 30, temperature=0.0) for p in prompts]
-    stop = bytes({f[5] for f in free[:2]})  # rows 0 and 1 stop early, at different steps
+    stop = [bytes([f[5]]) for f in free[:2]]  # rows 0 and 1 stop early, at different steps
     expected = [model.generate(p, 30, temperature=0.0, stop=stop) for p in prompts]
     assert len({len(e) for e in expected}) > 1
     assert model.generate(prompts, 30, temperature=0.0, stop=stop) == expected

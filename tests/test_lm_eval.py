@@ -308,6 +308,28 @@ def test_single_byte_stop_strings_stop_generation(checkpoints):
     assert stop not in out
 
 
+def test_longer_stop_strings_end_generation_once_complete(checkpoints):
+    model = load_model(checkpoints["blt"]).model
+    greedy = model.generate(PROMPTS[1], max_new_bytes=MAX_GEN, temperature=0.0)
+    stop = greedy[8:11].decode("ascii")  # three bytes the greedy continuation holds
+    end = greedy.index(stop.encode())
+    lm = harness_lm(checkpoints["blt"])
+    generated = []
+    decode_only = lm.model.generate
+
+    def spy(*args, **kwargs):
+        generated.append(decode_only(*args, **kwargs))
+        return generated[-1]
+
+    lm.model.generate = spy
+    (out,) = lm.generate_until(
+        requests("generate_until", (PROMPTS[1], {"until": [stop, "\x00\x00"], "max_gen_toks": MAX_GEN}))
+    )
+    assert out == greedy[:end].decode("utf-8", errors="replace")
+    (ids,) = generated[0]  # decoding stopped right after the stop string, not at max_gen_toks
+    assert len(ids) == end + 3 < MAX_GEN
+
+
 @pytest.mark.parametrize("kind", ["blt", "blt-baseline"])
 def test_long_requests_are_cut_from_the_left_and_said_once(kind, checkpoints, caplog):
     loaded = load_model(checkpoints[kind])
