@@ -23,7 +23,7 @@ from blt.config import TransformerConfig
 from blt.masks import attention_mask
 
 EMPTY = 1 << 62  # position of a KV cache slot that holds nothing: no query ever sees it
-# A cache of a stack with at most this many q/k/v/gate/up weights carries copies of its weights for decoding:
+# A cache of a stack with at most this many q/k/v/gate/up weights steps one position with weight copies:
 # q/k/v and gate/up fused (one matmul instead of three, one instead of two), every projection stored
 # [in, out]. Small stacks step at the cost of their ops, so fusing pays; and a one-row product streams an
 # [in, out] weight about twice as fast as the [out, in] one of nn.Linear (measured on the CPU, weights out of
@@ -264,19 +264,27 @@ class KVCache:
 
 
 class LayerCache:
-    """One layer's keys/values in a :class:`KVCache` (what a :class:`Block` takes), with the layer's decoding
-    weights when its stack is small (see ``FUSE_LIMIT``; None otherwise): q/k/v fused, o, gate/up fused and
-    down, each [in, out]."""
+    """One layer's keys/values in a :class:`KVCache` (what a :class:`Block` takes). ``block``: the layer,
+    when its stack is small enough (see ``FUSE_LIMIT``; None otherwise) that one-position steps use its
+    decoding weights (:meth:`decoding_weights`)."""
 
     def __init__(self, cache: KVCache, buffer: torch.Tensor, block: Block | None):
         self.cache, self.k, self.v = cache, buffer, buffer.clone()  # [B, Hkv, S, Dh] each
-        self.qkv = self.o = self.gate_up = self.down = None
-        if block is not None:
-            a, m = block.attn, block.mlp
-            self.qkv = _inputs_first(a.q_proj, a.k_proj, a.v_proj)
-            self.o = _inputs_first(a.o_proj)
-            self.gate_up = _inputs_first(m.gate_proj, m.up_proj)
-            self.down = _inputs_first(m.down_proj)
+        self.block, self.weights = block, None
+
+    def decoding_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layer's q/k/v fused, o, gate/up fused and down, each [in, out]; copied at the first
+        one-position step, not before: prompts prefilled one by one run their chunks through the layer's own
+        weights, and the batch they join copies the weights once."""
+        if self.weights is None:
+            a, m = self.block.attn, self.block.mlp
+            self.weights = (
+                _inputs_first(a.q_proj, a.k_proj, a.v_proj),
+                _inputs_first(a.o_proj),
+                _inputs_first(m.gate_proj, m.up_proj),
+                _inputs_first(m.down_proj),
+            )
+        return self.weights
 
     def update(self, k: torch.Tensor, v: torch.Tensor):
         """Store the new keys/values [B, T, Hkv, Dh] of the forward the cache prepared; returns the keys and
@@ -332,17 +340,11 @@ class SelfAttention(nn.Module):
     def forward(self, x, rot, positions, cache: LayerCache | None = None, segments=None, consecutive=False):
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
-        if cache is not None and cache.qkv is not None and T == 1:
+        if T == 1 and cache is not None and cache.block is not None:
             return self.step(x, rot, cache)
-        if cache is not None and cache.qkv is not None:
-            # a small stack decoding: q/k/v in one matmul, q and k rotated in one go
-            qkv = (x @ cache.qkv).view(B, T, H + 2 * Hkv, D)
-            qk = apply_rope(qkv[:, :, : H + Hkv], rot)
-            q, k, v = qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + Hkv :]  # [B, T, heads, D]
-        else:
-            q = apply_rope(self.q_proj(x).view(B, T, H, D), rot)
-            k = apply_rope(self.k_proj(x).view(B, T, Hkv, D), rot)
-            v = self.v_proj(x).view(B, T, Hkv, D)
+        q = apply_rope(self.q_proj(x).view(B, T, H, D), rot)
+        k = apply_rope(self.k_proj(x).view(B, T, Hkv, D), rot)
+        v = self.v_proj(x).view(B, T, Hkv, D)
         q = q.transpose(1, 2)  # [B, H, T, D]
         if cache is None:
             drop = self.dropout if self.training else 0.0
@@ -353,8 +355,6 @@ class SelfAttention(nn.Module):
             )
         else:
             y = cache.attend(q, k, v)
-            if cache.o is not None:
-                return y.transpose(1, 2).reshape(B, T, -1) @ cache.o
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     def step(self, x: torch.Tensor, rot: torch.Tensor, cache: LayerCache) -> torch.Tensor:
@@ -362,10 +362,11 @@ class SelfAttention(nn.Module):
         position [B, heads, 1, D] and [B, 1, heads, D] are the same memory, so no transposes (decoding runs
         this once per layer and byte, where every op counts)."""
         B, H, Hkv, D = x.shape[0], self.n_heads, self.n_kv, self.head_dim
-        qkv = (x @ cache.qkv).view(B, H + 2 * Hkv, 1, D)
+        w_qkv, w_o, _, _ = cache.decoding_weights()
+        qkv = (x @ w_qkv).view(B, H + 2 * Hkv, 1, D)
         qk = apply_rope(qkv[:, : H + Hkv], rot)  # rot [B, 1, 1, D/2] broadcasts over the heads
         y = cache.attend(qk[:, :H], qk[:, H:].transpose(1, 2), qkv[:, H + Hkv :].transpose(1, 2))
-        return y.view(B, 1, -1) @ cache.o
+        return y.view(B, 1, -1) @ w_o
 
 
 class SwiGLU(nn.Module):
@@ -377,10 +378,11 @@ class SwiGLU(nn.Module):
         self.projected = 2 * dim * hidden  # gate/up weights
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        """x [B, T, dim]; ``cache``: a decoding cache whose decoding weights, if it has them, replace these."""
-        if cache is not None and cache.gate_up is not None:
-            gate, up = (x @ cache.gate_up).chunk(2, dim=-1)
-            return (F.silu(gate) * up) @ cache.down
+        """x [B, T, dim]; ``cache``: a decoding cache, whose decoding weights replace these at one position."""
+        if cache is not None and cache.block is not None and x.shape[1] == 1:
+            _, _, w_gate_up, w_down = cache.decoding_weights()
+            gate, up = (x @ w_gate_up).chunk(2, dim=-1)
+            return (F.silu(gate) * up) @ w_down
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -47,7 +47,7 @@ def test_cached_chunks_equal_one_forward(monkeypatch, window, kv_heads, fuse):
     ids = random_ids(2, sum(CHUNKS), seed=1)
     full = model(ids)
     cache = model.new_cache(batch_size=2)
-    assert (cache.layers[0].qkv is not None) == fuse and cache.ring == (window is not None)
+    assert (cache.layers[0].block is not None) == fuse and cache.ring == (window is not None)
     with torch.no_grad():
         start = assert_chunks_continue(lambda chunk: model(chunk, cache=cache), ids, full)
     if window is not None:

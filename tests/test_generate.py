@@ -223,7 +223,7 @@ def test_steps_with_gqa_two_hash_functions_windowed_global(monkeypatch, fuse):
     if not fuse:
         monkeypatch.setattr(layers, "FUSE_LIMIT", 0)
     state = IncrementalDecoder(model, [ids[0, :3], ids[1, :10]])
-    assert (state.encoder.kv.layers[0].qkv is not None) == fuse
+    assert (state.encoder.kv.layers[0].block is not None) == fuse
     assert state.global_.ring and state.global_.size == 4
     for step in range(25):
         for b, n in enumerate((3, 10)):
