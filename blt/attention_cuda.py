@@ -1,7 +1,8 @@
 """CUDA attention back-ends behind :func:`blt.attention.causal_attention`: flex_attention and xformers.
 
 Both compute exactly the mask of :func:`blt.masks.attention_mask` (causal by position, optional sliding
-window, optional segments). Only the mask construction runs on the CPU (tested there); the kernels need CUDA.
+window, optional segments). On the CPU :func:`blt.attention.causal_attention` uses SDPA instead; the tests
+check the masks there and run flex_attention's forward compiled for the CPU (it has no CPU backward).
 flex_attention runs compiled (uncompiled it is a reference that materialises every score).
 
 A windowed stack over its own input (positions stepping by one) gets a block mask from the shape alone

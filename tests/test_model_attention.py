@@ -1,4 +1,5 @@
-"""CUDA attention back-ends: their masks, built on the CPU, equal blt.attention.attention_mask."""
+"""CUDA attention back-ends: their masks, built on the CPU, equal blt.attention.attention_mask; the flex paths
+also run forward on the CPU (compiled by inductor) against SDPA."""
 
 from __future__ import annotations
 
@@ -60,3 +61,19 @@ def test_flex_attention_refuses_dropout_it_cannot_apply():
     torch.testing.assert_close(  # without dropout it is the same attention as SDPA (on the CPU, SDPA itself)
         causal_attention(q, q, q, pos, pos, backend="flex"), causal_attention(q, q, q, pos, pos)
     )
+
+
+@pytest.mark.parametrize("case", [0, 2], ids=["packed", "cache-chunk"])
+def test_flex_causal_attention_forward_on_cpu(case):
+    """The general flex path (a block mask from our mask_mod), compiled for the CPU, forward only: packed
+    segments and a windowed chunk continuing a cache equal SDPA under attention_mask."""
+    from blt.attention_cuda import flex_causal_attention
+
+    q_pos, k_pos, window, seg = CASES[case]
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 2, q_pos.shape[-1], 16, generator=g)
+    k, v = (torch.randn(2, 2, k_pos.shape[-1], 16, generator=g) for _ in range(2))
+    mask = attention_mask(q_pos, k_pos, window, seg, seg)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    got = flex_causal_attention(q, k, v, q_pos, k_pos, window, seg, seg)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

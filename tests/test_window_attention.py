@@ -229,3 +229,18 @@ def test_chunked_cuda(segmented):
     got = values_and_grads(lambda q, k, v: chunked_window_attention(q, k, v, window, seg), q, k, v)
     expected = values_and_grads(lambda q, k, v: dense(q, k, v, window, seg), q, k, v)
     assert_close_all(got, expected, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("segmented", [False, True], ids=["plain", "segments"])
+def test_flex_window_attention_forward_on_cpu(segmented):
+    """The flex path that CUDA runs, compiled for the CPU (inductor; forward only, flex_attention has no CPU
+    backward): the shape's block mask, its full blocks and the segment mask_mod give SDPA's dense result.
+    A window of 2.5 blocks over 4.7 blocks of queries leaves full, partial and skipped blocks, with GQA."""
+    from blt.attention_cuda import flex_window_attention
+
+    T, window = 600, 320
+    q, k, v = (x.detach() for x in qkv(2, 4, 2, T, D=16, dtype=torch.float32))
+    seg = documents(2, T) if segmented else None
+    torch.testing.assert_close(
+        flex_window_attention(q, k, v, window, seg), dense(q, k, v, window, seg), rtol=1e-4, atol=1e-5
+    )
