@@ -241,6 +241,9 @@ def test_flex_window_attention_forward_on_cpu(segmented):
     T, window = 600, 320
     q, k, v = (x.detach() for x in qkv(2, 4, 2, T, D=16, dtype=torch.float32))
     seg = documents(2, T) if segmented else None
+    shape = window_block_mask(T, window, "cpu")  # the blocks the docstring promises, for this T and window
+    touched = shape.kv_num_blocks + shape.full_kv_num_blocks  # [1, 1, 5] key blocks per query block
+    assert shape.full_kv_num_blocks.sum() > 0 and touched[0, 0, -1] < touched.shape[-1]  # block 0 skipped
     torch.testing.assert_close(
         flex_window_attention(q, k, v, window, seg), dense(q, k, v, window, seg), rtol=1e-4, atol=1e-5
     )
