@@ -10,7 +10,7 @@ measured until then is kept; a CUDA error cannot poison the next part):
 - ``tests``: ``pytest -m cuda tests/test_cuda.py`` (Triton kernels compiled and run against the references,
   forward and backward; flex_attention and xformers against SDPA; bf16 and fp32; CUDA vs CPU model and
   generation): passed / failed / skipped counts, the failures' names and messages, the skip reasons.
-- ``kernels``: bench/kernels.py's rows at BLT-1B shapes (Triton vs the references, ms and peak MB).
+- ``kernels``: bench/kernel_speed.py's rows at BLT-1B shapes (Triton vs the references, ms and peak MB).
 - ``train``: training steps of a BLT with BLT-1B widths at reduced depth (``REDUCED``), bf16 autocast over
   float32 weights as Lightning's ``bf16-mixed``, static patches of 4 bytes, one row per attention back-end:
   bytes/s, peak memory and MFU against the GPU's bf16 peak (``blt.training.callbacks.peak_flops``) in both
@@ -18,8 +18,9 @@ measured until then is kept; a CUDA error cannot poison the next part):
 - ``decode``: greedy decoding bytes/s of the same shapes (entropy patching included) through
   ``BLT.generate`` and through ``IncrementalDecoder.push`` alone (fp32 and bf16 weights), then an attempt to
   capture one decoding step in a CUDA graph, whose outcome (or failure) is a result.
-- ``decode_compiled``: the decoding step under ``torch.compile(mode="reduce-overhead")``: compile time,
-  steady bytes/s against eager, whether the bytes agree, graph breaks.
+- ``decode_compiled``: compiled decoding (``IncrementalDecoder(compile=True)``: the steps under
+  ``torch.compile(mode="reduce-overhead")``, CUDA graphs): compile time, steady bytes/s against eager,
+  whether the bytes agree, graph breaks and graphs.
 
 A part whose dependency is not installed is skipped and says which; an exception ends its part as an
 error with the traceback's tail, and the next part runs; past the total deadline the remaining parts are
@@ -469,8 +470,8 @@ def error_text(e: BaseException) -> str:
 
 
 def kernels_part(ctx: Context) -> None:
-    """bench/kernels.py's rows: at BLT-1B shapes on CUDA, its CPU shapes at one short length in a dry run."""
-    bench = load_bench("kernels")
+    """bench/kernel_speed.py's rows: at BLT-1B shapes on CUDA, its CPU shapes at one short length in a dry run."""
+    bench = load_bench("kernel_speed")
     device = ctx.device.type
     shape = bench.SHAPES[device]
     lengths = [128] if ctx.dry_run else bench.DEFAULT_LENGTHS["cuda"]
@@ -647,23 +648,22 @@ def prompt_ids(ctx: Context, n: int):
     return torch.tensor(encode(prompt_text(n - 1)), device=ctx.device)  # BOS + n - 1 bytes
 
 
-def greedy_steps(model, prompt, n: int, step=None) -> tuple[list[int], float]:
-    """Greedy bytes of ``n`` decoding steps after ``prompt`` (one row) and their seconds (prefill excluded):
-    IncrementalDecoder.push, or ``step(state, tokens)`` in its place."""
+def greedy_steps(model, prompt, n: int, compile=False) -> tuple[list[int], float]:
+    """Greedy bytes of ``n`` IncrementalDecoder.push steps after ``prompt`` (one row) and their seconds
+    (prefill excluded); ``compile``: IncrementalDecoder's (compiled steps)."""
     import torch
 
     from blt.generate import IncrementalDecoder
 
-    step = step or IncrementalDecoder.push
     with torch.inference_mode():
-        state = IncrementalDecoder(model, [prompt])
+        state = IncrementalDecoder(model, [prompt], max_new=n, compile=compile)
         tokens = state.logits.argmax(-1)
         out = []
         sync(prompt.device)
         start = time.perf_counter()
         for _ in range(n):
             out.append(tokens)
-            step(state, tokens)
+            state.push(tokens)
             tokens = state.logits.argmax(-1)
         sync(prompt.device)
         seconds = time.perf_counter() - start
@@ -752,27 +752,25 @@ def graph_capture(ctx: Context, model, prompt, n: int) -> dict:
 
 
 def decode_compiled_part(ctx: Context) -> None:
-    """The decoding step under torch.compile(mode="reduce-overhead") against eager (a dry run compiles
-    with the eager backend: dynamo's tracing without Inductor's code generation)."""
-    import torch
+    """Compiled decoding (IncrementalDecoder(compile=True): its steps under torch.compile with
+    blt.generate.compile_options, on CUDA mode="reduce-overhead") against eager; a dry run compiles with
+    the eager backend (dynamo's tracing without Inductor's code generation)."""
+    from torch._dynamo.utils import counters
 
-    from blt.generate import IncrementalDecoder
+    from blt.generate import compile_options
 
     model, new = decode_model(ctx), ctx.sizes["new"]
     prompt = prompt_ids(ctx, ctx.sizes["prompt"])
     greedy_steps(model, prompt, 4)
     eager, eager_s = greedy_steps(model, prompt, new)
     ctx.row(row="eager", new_bytes=new, seconds=eager_s, bytes_per_second=new / eager_s)
-    options = {"backend": "eager"} if ctx.dry_run else {"mode": "reduce-overhead"}
+    options = {"backend": "eager"} if ctx.dry_run else compile_options(ctx.device)
     ctx.info(compile=options)
-    step = torch.compile(IncrementalDecoder.push, **options)
     start = time.perf_counter()
-    greedy_steps(model, prompt, 2, step)  # compiles (and recompiles as the caches' state changes)
-    ctx.row(row="compile + 2 steps", seconds=time.perf_counter() - start)
-    n = ctx.sizes["compiled"]  # a dry run traces every step again (its state changes): a few only
-    compiled, compiled_s = greedy_steps(model, prompt, n, step)
-    from torch._dynamo.utils import counters
-
+    greedy_steps(model, prompt, 4, options)  # compiles; later decoders of these shapes reuse the code
+    ctx.row(row="compile + 4 steps", seconds=time.perf_counter() - start)
+    n = ctx.sizes["compiled"]
+    compiled, compiled_s = greedy_steps(model, prompt, n, options)
     breaks = dict(sorted(counters["graph_break"].items(), key=lambda kv: -kv[1])[:5])
     ctx.row(
         row="compiled", new_bytes=n, seconds=compiled_s, bytes_per_second=n / compiled_s,
@@ -832,7 +830,7 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> list[str]:
 
 SECTIONS = {
     "tests": "CUDA tests (pytest -m cuda tests/test_cuda.py)",
-    "kernels": "Kernels at BLT-1B shapes (bench/kernels.py, Triton vs references)",
+    "kernels": "Kernels at BLT-1B shapes (bench/kernel_speed.py, Triton vs references)",
     "train": "Training throughput (BLT-1B widths, reduced depth, bf16)",
     "decode": "Decode",
     "decode_compiled": 'Decode with torch.compile(mode="reduce-overhead")',

@@ -39,10 +39,10 @@ from blt.validation import checks_values
 class _Prefill:
     """One prompt [T] run in one chunk through every part, each filling its cache (a batch of one)."""
 
-    def __init__(self, model, ids: torch.Tensor, max_len: int, patching, static: bool, patch_len: int):
+    def __init__(self, model, ids: torch.Tensor, max_len, patching, static, patch_len: int, static_global):
         x = ids.unsqueeze(0)  # [1, T]
         T = x.shape[1]
-        self.patcher = StreamingPatcher(patching, model.patcher, 1, max_len, static)
+        self.patcher = StreamingPatcher(patching, model.patcher, 1, max_len, static, history=False)
         starts = self.patcher.feed(x)  # [1, T]
         next_starts = self.patcher.next_starts()  # [1]: does the byte after the prompt start a patch
         self.encoder = model.encoder.new_cache(1, max_len, static)
@@ -53,7 +53,7 @@ class _Prefill:
         self.patches = P - 1 + int(next_starts[0])  # all but the open one (position 1 always starts one)
         check_patches(model, self.patches)
         patches = model.encoder.patches(h, patch_ids_from_lengths(lengths, T), P)
-        self.global_ = model.global_transformer.new_cache(1, patch_len, static)
+        self.global_ = model.global_transformer.new_cache(1, patch_len, static_global)
         latent = model.global_transformer(patches[:, : self.patches], cache=self.global_)  # [1, patches, Dg]
         self.decoder = model.decoder.new_cache(1, max_len, static)
         rows = model.decoder.patch_rows(latent)
@@ -70,6 +70,56 @@ def check_patches(model, n: int) -> None:
         raise ValueError(f"{n} patches exceed global_transformer.max_seq_len ({limit})")
 
 
+# The calls of one decoding step that have the same shapes at every step (one position per row, every row
+# continuing): the modules' own forwards, run as they are or under torch.compile. Module-level functions
+# that take the modules and caches as arguments, so that compiled code is traced once per model and batch
+# size and then serves every decoder of that model: dynamo guards on what the calls read (shapes, config
+# values), not on which cache object they get.
+
+
+def entropy_step(patcher: StreamingPatcher, x: torch.Tensor) -> torch.Tensor:
+    return patcher.feed(x, check=False)  # the ids were checked by push, before any cache changed
+
+
+def encoder_step(encoder, x: torch.Tensor, cache) -> torch.Tensor:
+    return encoder(x, cache=cache)
+
+
+def global_step(global_transformer, patch: torch.Tensor, cache) -> torch.Tensor:
+    return global_transformer(patch, cache=cache)
+
+
+def decoder_step(decoder, h: torch.Tensor, cache) -> torch.Tensor:
+    return decoder(h, cache=cache)[:, -1]
+
+
+STEPS = (entropy_step, encoder_step, global_step, decoder_step)
+_compiled: dict[
+    tuple[str, str, str], object
+] = {}  # (function, device type, options) -> torch.compile's wrapper
+
+
+def compile_options(device: torch.device) -> dict:
+    """torch.compile's arguments for decoding steps on ``device``. On the CPU, Inductor's C++ wrapper calls
+    the kernels of a step without Python in between (what a step of a small model costs most), and
+    freezing measured faster still (docs/BENCHMARKS.md, "Compiled decoding"; the steps still read the
+    weights as they are, which tests/test_compiled_decoding.py checks); on CUDA, CUDA graphs replay a step
+    (``reduce-overhead``)."""
+    if device.type == "cpu":
+        return {"options": {"cpp_wrapper": True, "freezing": True}}
+    return {"mode": "reduce-overhead"}
+
+
+def compiled_step(fn, device: torch.device, options: dict | None = None):
+    """``fn`` (one of :data:`STEPS`) under ``torch.compile(fn, **options)`` (default:
+    :func:`compile_options`), made once per process, device type and options."""
+    options = compile_options(device) if options is None else options
+    key = (fn.__name__, device.type, repr(sorted(options.items())))
+    if key not in _compiled:
+        _compiled[key] = torch.compile(fn, **options)
+    return _compiled[key]
+
+
 class IncrementalDecoder:
     """Caches of all four parts for a batch of sequences; :attr:`logits` [B, vocab] predict each row's next id.
 
@@ -81,24 +131,55 @@ class IncrementalDecoder:
     ``static`` (default: on CUDA) gives every stack a static KV cache (:class:`blt.layers.KVCache`): a step
     that continues every row has the same shapes at every step, which torch.compile and CUDA graphs need;
     on the CPU the default caches are faster (they attend only to the slots that are filled).
+
+    ``compile``: True runs each step's fixed-shape calls (the entropy model, the local encoder and decoder;
+    on CUDA also the global transformer when every row closes a patch) under ``torch.compile`` with
+    :func:`compile_options`, and the caches static; a dict gives torch.compile's arguments instead (say
+    ``{"backend": "eager"}``: dynamo's tracing alone). The first decoder of a model compiles (tens of
+    seconds on a CPU; Inductor's cache on disk shortens it in later processes); later decoders of the same
+    shapes reuse the code (cache sizes are rounded up to a power of two for that), and it reads the
+    model's weights as they are at each step.
     """
 
     @torch.inference_mode()
-    def __init__(self, model, prompts, patching=None, max_new: int | None = None, static: bool | None = None):
+    def __init__(
+        self,
+        model,
+        prompts,
+        patching=None,
+        max_new: int | None = None,
+        static: bool | None = None,
+        compile: bool | dict = False,
+    ):
         prompts = [prompts] if isinstance(prompts, torch.Tensor) else list(prompts)
         if not prompts or any(p.dim() != 1 or p.numel() == 0 for p in prompts):
             raise ValueError("IncrementalDecoder needs one or more non-empty 1-D id tensors")
         self.model, config = model, model.config
         self.max_len = min(config.encoder.max_seq_len, config.decoder.max_seq_len)
         patching = config.patching if patching is None else patching
+        if not isinstance(compile, (bool, dict)):
+            raise ValueError(
+                f"compile must be True, False or a dict of torch.compile's arguments, got {compile!r}"
+            )
+        options, compile = (compile, True) if isinstance(compile, dict) else (None, compile)
+        if compile and static is False:
+            raise ValueError("compile=True needs static caches (static=None or True)")
+        device = prompts[0].device
         if static is None:
-            static = prompts[0].device.type == "cuda"
+            static = compile or device.type == "cuda"
+        # on the CPU the global transformer steps eagerly even when compiling: its step is bound by reading
+        # its weights (once per patch), and its default cache attends only to the slots that are filled
+        compile_global = compile and device.type != "cpu"
+        static_global = static and (compile_global or not compile)
         size, patch_len = self.max_len, config.global_transformer.max_seq_len
         if max_new is not None:  # a row holds no more patches than ids
-            size = min(size, max(p.numel() for p in prompts) + max_new)
+            size = max(p.numel() for p in prompts) + max_new
+            if compile:  # cache shapes that change with every prompt length would recompile the steps
+                size = 1 << (size - 1).bit_length()
+            size = min(size, self.max_len)
             patch_len = min(patch_len, size)
         self.size, self.max_new = size, max_new
-        pre = [_Prefill(model, p, size, patching, static, patch_len) for p in prompts]
+        pre = [_Prefill(model, p, size, patching, static, patch_len, static_global) for p in prompts]
         # the caches of the first prompt take in the rows of the others
         first, rest = pre[0], pre[1:]
         self.patcher, self.encoder = first.patcher, first.encoder
@@ -114,6 +195,16 @@ class IncrementalDecoder:
         # [B, 1] position of each row's next patch in the global cache
         self.patch_positions = torch.tensor(self.patches, device=device).unsqueeze(1)
         self.in_step = True  # no global step so far left a row behind
+        if compile:
+            self.steps = [
+                fn if fn is global_step and not compile_global else compiled_step(fn, device, options)
+                for fn in STEPS
+            ]
+            for cache in (self.patcher.cache, self.encoder.kv, self.global_, self.decoder.kv):
+                if cache is not None:  # (no entropy model: no cache)
+                    cache.prepare_decoding_weights()  # now, not in the first compiled step: traced once
+        else:
+            self.steps = list(STEPS)
 
     @property
     def batch_size(self) -> int:
@@ -141,10 +232,11 @@ class IncrementalDecoder:
                 raise ValueError(f"this decoder was made for at most max_new={self.max_new} pushes per row")
             raise ValueError(f"a sequence would exceed the configured maximum sequence length {self.max_len}")
         x = tokens.unsqueeze(1)  # [B, 1]
+        entropy, encoder, global_, decoder = self.steps
         # every cache but the global one continues its rows by one position
-        self.patcher.feed(x, check=False)  # the ids were checked above, before any cache changes
+        entropy(self.patcher, x)
         closes = self.patcher.next_starts()  # [B] the new byte ends its patch
-        h = model.encoder(x, cache=self.encoder)  # [B, 1, D]
+        h = encoder(model.encoder, x, self.encoder)  # [B, 1, D]
         self.encoder.extend_open(h)
         closed = [r for r, c in enumerate(closes.tolist()) if c]
         if closed:
@@ -156,7 +248,7 @@ class IncrementalDecoder:
             # while every global step closes a patch in every row, the rows' global caches advance together
             self.in_step = self.in_step and every
             if self.in_step:
-                latent = model.global_transformer(patch, cache=self.global_)  # [B, 1, Dg]
+                latent = global_(model.global_transformer, patch, self.global_)  # [B, 1, Dg]
             else:
                 positions = self.patch_positions if every else self.patch_positions[index]
                 latent = model.global_transformer(patch, positions, self.global_, rows=index)  # [n, 1, Dg]
@@ -164,7 +256,7 @@ class IncrementalDecoder:
             for r in closed:
                 self.patches[r] += 1
             self.patch_positions = self.patch_positions + closes.unsqueeze(1)
-        self.logits = model.decoder(h, cache=self.decoder)[:, -1]
+        self.logits = decoder(model.decoder, h, self.decoder)
         self.lengths = [n + 1 for n in self.lengths]
         return self.logits
 
@@ -299,6 +391,7 @@ def generate(
     use_cache: bool = True,
     patching=None,
     report: bool = False,
+    compile: bool | dict = False,
 ):
     """Continue ``prompt`` by up to ``max_new_bytes`` bytes.
 
@@ -313,6 +406,9 @@ def generate(
     steps, FLOPs per generated byte, by part) of cached decoding.
     ``patching`` overrides the model's patching for this call, as in ``BLT.forward``; a target patch size or
     FLOPs per byte is calibrated on the prompts, once, and that threshold holds for every new byte.
+    ``compile=True`` decodes with compiled steps (:class:`IncrementalDecoder`'s ``compile``, which also takes
+    torch.compile's arguments as a dict): the first call for a model compiles for tens of seconds on a CPU,
+    later calls decode faster (greedy bytes unchanged).
     """
     rows, kind = _prompt_rows(prompt)
     if not isinstance(max_new_bytes, Integral) or max_new_bytes < 0:
@@ -325,6 +421,8 @@ def generate(
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
     if report and not use_cache:
         raise ValueError("report=True describes cached decoding; it needs use_cache=True")
+    if compile and not use_cache:
+        raise ValueError("compile=True compiles cached decoding's steps; it needs use_cache=True")
     stops = stop_sequences(stop)
     limit = min(model.config.encoder.max_seq_len, model.config.decoder.max_seq_len)
     device = model_device(model)
@@ -352,7 +450,7 @@ def generate(
         ]
         prompts = [r.long().to(device) for r in rows]
         if use_cache:
-            state = IncrementalDecoder(model, prompts, patching, max_new_bytes)
+            state = IncrementalDecoder(model, prompts, patching, max_new_bytes, compile=compile)
         else:
             state = Recompute(model, prompts, patching)
         active = list(range(len(rows)))  # prompt index of each row of ``state``

@@ -87,7 +87,8 @@ class KVCache:
     ``static``: every buffer is allocated for ``max_len`` positions up front, and a one-position step that
     continues every row is the same tensor operations whatever the cache holds (no shape or host value
     changes from step to step), so ``torch.compile`` and CUDA graphs can capture it; each query then reads
-    every slot through a mask (what the other mode's shortcuts avoid on the CPU).
+    every slot through a mask (what the other mode's shortcuts avoid on the CPU). What the callers keep
+    beside a static cache keeps one memory layout too (:func:`standard`): compiled code guards on strides.
     """
 
     def __init__(self, stack: Transformer, batch_size: int, max_len: int | None = None, static: bool = False):
@@ -239,6 +240,13 @@ class KVCache:
         self.pos = F.pad(self.pos, (0, extra), value=EMPTY)
         self.size = size
 
+    def prepare_decoding_weights(self) -> None:
+        """Make the layers' decoding weights now (see :meth:`LayerCache.decoding_weights`), not at the first
+        one-position step."""
+        for layer in self.layers:
+            if layer.block is not None:
+                layer.decoding_weights()
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep only batch rows ``rows`` [n] (finished sequences leave a batched generation)."""
         for layer in self.layers:
@@ -261,6 +269,13 @@ class KVCache:
         self.bound, self.filled = max(c.bound for c in caches), min(c.filled for c in caches)
         self.aligned = all(c.aligned and c.filled == self.filled for c in caches)
         self.rot = max((c.rot for c in caches), key=len)
+
+
+def standard(x: torch.Tensor) -> torch.Tensor:
+    """x copied into the standard row-major layout, size-1 dimensions included (a slice keeps its base's
+    strides, and ``contiguous()`` keeps those of size-1 dimensions), so that state that a static decoding
+    step reads has the same strides after a prefill as after any step."""
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 class LayerCache:

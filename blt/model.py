@@ -44,7 +44,7 @@ from blt.config import (
     check,
 )
 from blt.generate import generate
-from blt.layers import KVCache, RMSNorm, Transformer, init_weights
+from blt.layers import KVCache, RMSNorm, Transformer, init_weights, standard
 from blt.patch_ops import decoder_patch_ids
 from blt.patcher import EntropyModel
 from blt.patcher.schemes import ENTROPY_SCHEMES, decide_starts, lengths_from_starts
@@ -197,6 +197,8 @@ class LocalEncoder(nn.Module):
         T = ids.shape[1]
         window = torch.cat([cache.recent, ids.long()], dim=1)  # [B, reach - 1 + T]
         cache.recent = window[:, window.shape[1] - cache.recent.shape[1] :]
+        if cache.kv.static:  # one memory layout whatever T was (see KVCache)
+            cache.recent = standard(cache.recent)
         return self.transformer(self.embed(window)[:, -T:], positions, cache.kv)
 
     def patches(self, h: torch.Tensor, patch_ids: torch.Tensor | None, num_patches: int) -> torch.Tensor:
@@ -303,6 +305,8 @@ class LocalDecoder(nn.Module):
                 (old_k.index_copy(0, rows, k), old_v.index_copy(0, rows, v))
                 for (k, v), (old_k, old_v) in zip(new, cache.patch)
             ]
+        if cache.kv.static:  # one memory layout, from a prefill or a step (see KVCache)
+            new = [(standard(k), standard(v)) for k, v in new]
         cache.patch = new
 
     def forward(self, h, rows=None, patch_ids=None, positions=None, cache: DecoderCache | None = None):

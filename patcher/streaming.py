@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from blt.config import PatchingConfig
+from blt.layers import standard
 
 from .entropy_model import EntropyModel, check_input_ids, fused_entropy
 from .schemes import ENTROPY_SCHEMES, check_patching, decide_starts, lengths_from_starts
@@ -24,7 +25,10 @@ class StreamingPatcher:
 
     Rows may be at different positions (:meth:`add_rows` joins patchers fed separately). ``max_len``: how long
     the rows may grow, if known (only sizes the entropy model's cache); ``static``: the entropy model's cache
-    is static (see :class:`blt.layers.KVCache`).
+    is static (see :class:`blt.layers.KVCache`). ``history``: keep the starts and entropies of everything fed
+    (:meth:`starts`, :meth:`entropies`, :meth:`patch_lengths`); a decoder that only needs each step's answer
+    keeps none (its memory then stays bounded, and a feed's Python state is the same at every step, so
+    ``torch.compile`` traces it once).
     """
 
     def __init__(
@@ -34,6 +38,7 @@ class StreamingPatcher:
         batch_size: int = 1,
         max_len: int | None = None,
         static: bool = False,
+        history: bool = True,
     ):
         if patching.scheme in ENTROPY_SCHEMES and model is None:
             raise ValueError(f"scheme {patching.scheme!r} needs an entropy model")
@@ -49,8 +54,10 @@ class StreamingPatcher:
         # bytes in the open patch, counted only under max_patch_length (splitting long patches reads it)
         self.open_length = torch.zeros(batch_size, dtype=torch.long, device=device)
         self._next = torch.ones(batch_size, dtype=torch.bool, device=device)  # position 0 starts a patch
-        self.start_history: list[torch.Tensor] | None = []  # [B, n] per feed (None: rows differ in length)
-        self.entropy_history: list[torch.Tensor] | None = []
+        self.history = history
+        # [B, n] per feed; None: not kept, or rows that differ in length (joined by add_rows)
+        self.start_history: list[torch.Tensor] | None = [] if history else None
+        self.entropy_history: list[torch.Tensor] | None = [] if history else None
 
     @property
     def batch_size(self) -> int:
@@ -89,6 +96,8 @@ class StreamingPatcher:
             last = torch.where(starts, torch.arange(n, device=ids.device), -1).amax(dim=1)  # [B], -1: no start
             self.open_length = torch.where(last >= 0, n - last, self.open_length + n)
         self.tail_ids, self.tail_entropies = tail_ids[:, -TAIL:], tail_entropies[:, -TAIL:]
+        if self.cache is not None and self.cache.static:  # one memory layout whatever n was (see KVCache)
+            self.tail_ids, self.tail_entropies = standard(self.tail_ids), standard(self.tail_entropies)
         self.length = self.length + n
         if self.start_history is not None:
             self.start_history.append(starts)
@@ -101,6 +110,8 @@ class StreamingPatcher:
         return self.feed(ids)[:, 0]
 
     def _history(self, history: list[torch.Tensor] | None, empty: torch.Tensor) -> torch.Tensor:
+        if not self.history:
+            raise ValueError("this patcher keeps no history (made with history=False)")
         if history is None:
             raise ValueError("the rows of this patcher differ in length (joined by add_rows): no [B, T] history")
         return torch.cat(history, dim=1) if history else empty
@@ -140,7 +151,8 @@ class StreamingPatcher:
         width = max(p.tail_ids.shape[1] for p in patchers)
         self.tail_ids = torch.cat([_left_pad(p.tail_ids, width) for p in patchers])
         self.tail_entropies = torch.cat([_left_pad(p.tail_entropies, width) for p in patchers])
-        lengths = {n for p in patchers for n in p.length.tolist()}
+        self.history = all(p.history for p in patchers)
+        lengths = {n for p in patchers for n in p.length.tolist()} if self.history else set()
         if len(lengths) == 1 and all(p.start_history is not None for p in patchers):
             self.start_history = [torch.cat([p.starts() for p in patchers])]
             self.entropy_history = [torch.cat([p.entropies() for p in patchers])]

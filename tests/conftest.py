@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import pytest
+
+# `python -m pytest` puts the working directory first on sys.path; at the checkout's root the source folder
+# kernels/ (installed as blt.kernels) would then shadow the `kernels` package that transformers imports.
+# The package is installed, so nothing is imported from the root itself.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 
 WORDS = str.split(
     "the of and to in is that it was for on are as with his they be at one have this from or had by word but "

@@ -430,6 +430,23 @@ def test_streaming_without_model_and_errors():
     torch.testing.assert_close(with_model.entropies(), model.entropies(ids), atol=1e-5, rtol=1e-5)
 
 
+def test_streaming_without_history_decides_the_same():
+    """A decoder's patcher keeps no history: the same starts, bounded memory, and a clear error when asked."""
+    model, patching = tiny_model(), PatchingConfig("entropy")
+    ids = torch.tensor([encode("the cat sat on the mat")])
+    kept, bare = StreamingPatcher(patching, model), StreamingPatcher(patching, model, history=False)
+    for t in range(ids.shape[1]):
+        assert torch.equal(bare.feed(ids[:, t : t + 1]), kept.feed(ids[:, t : t + 1]))
+        assert torch.equal(bare.next_starts(), kept.next_starts())
+    assert bare.start_history is None and len(kept.start_history) == ids.shape[1]
+    for read in (bare.starts, bare.entropies, bare.patch_lengths):
+        with pytest.raises(ValueError, match=r"keeps no history \(made with history=False\)"):
+            read()
+    kept.add_rows([bare])  # a joined batch keeps a history only if every part did
+    with pytest.raises(ValueError, match="keeps no history"):
+        kept.starts()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # parity with transformers' BltPatcher
 

@@ -6,10 +6,10 @@ and pooling is compared with a dense mask-matmul mean, so their cost grows quadr
 On CUDA: the Triton kernels vs the same references at BLT-1B shapes (local dim 1024, 16 heads, k=2, 6 hash
 tables of 500002 rows), with time and peak memory.
 
-    python bench/kernels.py                      # CPU, small widths, T = 512 .. 8192
-    python bench/kernels.py --device cuda        # GPU, BLT-1B shapes, T = 2048 .. 8192
-    python bench/kernels.py --data /work/shared/corpora/jargon.txt   # real bytes instead of random ones
-    python bench/kernels.py --json               # one JSON object per row (what bench/gpu.py reads)
+    python bench/kernel_speed.py                      # CPU, small widths, T = 512 .. 8192
+    python bench/kernel_speed.py --device cuda        # GPU, BLT-1B shapes, T = 2048 .. 8192
+    python bench/kernel_speed.py --data /work/shared/corpora/jargon.txt   # real bytes instead of random ones
+    python bench/kernel_speed.py --json               # one JSON object per row (what bench/gpu.py reads)
 
 Patch lengths are drawn uniformly from 1..8 (mean 4.5 bytes, about the BLT paper's) with a fixed seed.
 Times are the fastest of --reps runs (forward + backward, except the entropy: forward without gradients);
