@@ -833,7 +833,7 @@ SECTIONS = {
     "kernels": "Kernels at BLT-1B shapes (bench/kernel_speed.py, Triton vs references)",
     "train": "Training throughput (BLT-1B widths, reduced depth, bf16)",
     "decode": "Decode",
-    "decode_compiled": 'Decode with torch.compile(mode="reduce-overhead")',
+    "decode_compiled": "Compiled decoding (IncrementalDecoder(compile=True))",
 }
 
 

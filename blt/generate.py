@@ -39,7 +39,16 @@ from blt.validation import checks_values
 class _Prefill:
     """One prompt [T] run in one chunk through every part, each filling its cache (a batch of one)."""
 
-    def __init__(self, model, ids: torch.Tensor, max_len, patching, static, patch_len: int, static_global):
+    def __init__(
+        self,
+        model,
+        ids: torch.Tensor,
+        max_len: int,
+        patching,
+        static: bool,
+        patch_len: int,
+        static_global: bool,
+    ):
         x = ids.unsqueeze(0)  # [1, T]
         T = x.shape[1]
         self.patcher = StreamingPatcher(patching, model.patcher, 1, max_len, static, history=False)
@@ -94,9 +103,8 @@ def decoder_step(decoder, h: torch.Tensor, cache) -> torch.Tensor:
 
 
 STEPS = (entropy_step, encoder_step, global_step, decoder_step)
-_compiled: dict[
-    tuple[str, str, str], object
-] = {}  # (function, device type, options) -> torch.compile's wrapper
+# (function, device type, options) -> torch.compile's wrapper
+_compiled: dict[tuple[str, str, str], object] = {}
 
 
 def compile_options(device: torch.device) -> dict:
@@ -171,15 +179,17 @@ class IncrementalDecoder:
         # its weights (once per patch), and its default cache attends only to the slots that are filled
         compile_global = compile and device.type != "cpu"
         static_global = static and (compile_global or not compile)
-        size, patch_len = self.max_len, config.global_transformer.max_seq_len
-        if max_new is not None:  # a row holds no more patches than ids
-            size = max(p.numel() for p in prompts) + max_new
-            if compile:  # cache shapes that change with every prompt length would recompile the steps
-                size = 1 << (size - 1).bit_length()
-            size = min(size, self.max_len)
-            patch_len = min(patch_len, size)
+        size = self.max_len
+        if max_new is not None:
+            size = min(size, max(p.numel() for p in prompts) + max_new)
         self.size, self.max_new = size, max_new
-        pre = [_Prefill(model, p, size, patching, static, patch_len, static_global) for p in prompts]
+        # the caches' sizes; compiled steps: cache shapes that changed with every prompt length would
+        # recompile them, so they round up to a power of two
+        capacity = min(1 << (size - 1).bit_length(), self.max_len) if compile else size
+        patch_len = min(
+            config.global_transformer.max_seq_len, capacity
+        )  # a row holds no more patches than ids
+        pre = [_Prefill(model, p, capacity, patching, static, patch_len, static_global) for p in prompts]
         # the caches of the first prompt take in the rows of the others
         first, rest = pre[0], pre[1:]
         self.patcher, self.encoder = first.patcher, first.encoder

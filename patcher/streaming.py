@@ -25,7 +25,7 @@ class StreamingPatcher:
 
     Rows may be at different positions (:meth:`add_rows` joins patchers fed separately). ``max_len``: how long
     the rows may grow, if known (only sizes the entropy model's cache); ``static``: the entropy model's cache
-    is static (see :class:`blt.layers.KVCache`). ``history``: keep the starts and entropies of everything fed
+    is static (see :class:`blt.layers.KVCache`), and the patcher's own state keeps one memory layout. ``history``: keep the starts and entropies of everything fed
     (:meth:`starts`, :meth:`entropies`, :meth:`patch_lengths`); a decoder that only needs each step's answer
     keeps none (its memory then stays bounded, and a feed's Python state is the same at every step, so
     ``torch.compile`` traces it once).
@@ -46,6 +46,7 @@ class StreamingPatcher:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.patching, self.model = patching, model
+        self.static = static
         self.cache = model.new_cache(batch_size, max_len, static) if model is not None else None
         device = next(model.parameters()).device if model is not None else torch.device("cpu")
         self.length = torch.zeros(batch_size, dtype=torch.long, device=device)  # [B] positions fed so far
@@ -96,7 +97,7 @@ class StreamingPatcher:
             last = torch.where(starts, torch.arange(n, device=ids.device), -1).amax(dim=1)  # [B], -1: no start
             self.open_length = torch.where(last >= 0, n - last, self.open_length + n)
         self.tail_ids, self.tail_entropies = tail_ids[:, -TAIL:], tail_entropies[:, -TAIL:]
-        if self.cache is not None and self.cache.static:  # one memory layout whatever n was (see KVCache)
+        if self.static:  # one memory layout whatever n was (see KVCache)
             self.tail_ids, self.tail_entropies = standard(self.tail_ids), standard(self.tail_entropies)
         self.length = self.length + n
         if self.start_history is not None:

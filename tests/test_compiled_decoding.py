@@ -54,6 +54,23 @@ def test_compiled_steps_are_traced_once_and_reused(model):
     assert graphs() == before
 
 
+def test_static_patching_compiles_once_and_keeps_the_push_limit():
+    """Without an entropy model the patcher's own state keeps one layout too; a rounded-up cache still
+    refuses pushes past ``max_new``."""
+    model = tiny_blt(seed=4, scheme="static", patch_size=3)
+    prompt = random_ids(1, 25, seed=3)[0]
+    eager = model.generate(prompt, 20, temperature=0.0)
+    torch._dynamo.reset()
+    counters.clear()
+    assert torch.equal(model.generate(prompt, 20, temperature=0.0, compile=True), eager)
+    assert graphs() == 3
+    state = IncrementalDecoder(model, prompt, max_new=3, compile=True)  # caches for 32 positions
+    for t in range(3):
+        state.push([int(eager[t])])
+    with pytest.raises(ValueError, match="max_new=3"):
+        state.push([int(eager[3])])
+
+
 def test_compiled_steps_read_the_live_weights():
     """Compiled code is shared by every model of the same shapes (dynamo guards on what it reads, not on
     which module), so it must not have the first model's weights baked in."""
