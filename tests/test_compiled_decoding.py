@@ -47,7 +47,9 @@ def test_compiled_steps_are_traced_once_and_reused(model):
     model.generate(random_ids(1, 30, seed=1)[0], 20, temperature=0.0, compile=True)
     assert graphs() == 3
     before = graphs()
-    for n in (21, 26, 33):  # other prompt lengths, cache shapes in the same power-of-two bucket
+    # other prompt lengths: in the same power-of-two bucket of cache sizes, and in larger ones (windowed
+    # caches are rings of the window's size, their rotation tables cover every position)
+    for n in (21, 26, 33, 70, 200):
         prompt = random_ids(1, n, seed=n)[0]
         eager = model.generate(prompt, 20, temperature=0.0)
         assert torch.equal(model.generate(prompt, 20, temperature=0.0, compile=True), eager)
