@@ -109,7 +109,7 @@ class KVCache:
         # rotations [n, 1, Dh/2] of positions 0..n-1, grown on demand; static: all of them now, for every
         # position the stack takes, so that a compiled step's shapes do not depend on max_len
         n = max(max_len, config.max_seq_len) if static else 0
-        self.rot = self.rotary(torch.arange(n, device=ref.device)) if static else torch.zeros(0)
+        self.rot = self.rotary(torch.arange(n, device=ref.device))
         # host-side bounds, so that growing and dropping the mask need no sync: the next forward writes no
         # position at or past ``bound`` + its length; every row holds at least ``filled`` consecutive
         # positions ending at its latest; ``aligned``: every row holds exactly positions 0 .. filled - 1
