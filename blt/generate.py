@@ -47,7 +47,7 @@ class _Prefill:
         patching,
         static: bool,
         patch_len: int,
-        static_global: bool,
+        grow_global: bool,
     ):
         x = ids.unsqueeze(0)  # [1, T]
         T = x.shape[1]
@@ -62,7 +62,7 @@ class _Prefill:
         self.patches = P - 1 + int(next_starts[0])  # all but the open one (position 1 always starts one)
         check_patches(model, self.patches)
         patches = model.encoder.patches(h, patch_ids_from_lengths(lengths, T), P)
-        self.global_ = model.global_transformer.new_cache(1, patch_len, static_global)
+        self.global_ = model.global_transformer.new_cache(1, patch_len, static, grow_global)
         latent = model.global_transformer(patches[:, : self.patches], cache=self.global_)  # [1, patches, Dg]
         self.decoder = model.decoder.new_cache(1, max_len, static)
         rows = model.decoder.patch_rows(latent)
@@ -140,8 +140,8 @@ class IncrementalDecoder:
     that continues every row has the same shapes at every step, which torch.compile and CUDA graphs need;
     on the CPU the default caches are faster (they attend only to the slots that are filled).
 
-    ``compile``: True runs each step's fixed-shape calls (the entropy model, the local encoder and decoder;
-    on CUDA also the global transformer when every row closes a patch) under ``torch.compile`` with
+    ``compile``: True runs each step's fixed-shape calls (the entropy model, the local encoder and decoder,
+    and the global transformer when every row closes a patch) under ``torch.compile`` with
     :func:`compile_options`, and the caches static; a dict gives torch.compile's arguments instead (say
     ``{"backend": "eager"}``: dynamo's tracing alone). The first decoder of a model compiles (tens of
     seconds on a CPU; Inductor's cache on disk shortens it in later processes); later decoders of the same
@@ -175,10 +175,9 @@ class IncrementalDecoder:
         device = prompts[0].device
         if static is None:
             static = compile or device.type == "cuda"
-        # on the CPU the global transformer steps eagerly even when compiling: its step is bound by reading
-        # its weights (once per patch), and its default cache attends only to the slots that are filled
-        compile_global = compile and device.type != "cpu"
-        static_global = static and (compile_global or not compile)
+        # a static step reads every slot of its cache; the global transformer's holds up to max_len
+        # patches, so on the CPU its buffers grow instead (CUDA graphs need them to stay where they are)
+        grow_global = compile and device.type == "cpu"
         size = self.max_len
         if max_new is not None:
             size = min(size, max(p.numel() for p in prompts) + max_new)
@@ -189,7 +188,7 @@ class IncrementalDecoder:
         patch_len = min(
             config.global_transformer.max_seq_len, capacity
         )  # a row holds no more patches than ids
-        pre = [_Prefill(model, p, capacity, patching, static, patch_len, static_global) for p in prompts]
+        pre = [_Prefill(model, p, capacity, patching, static, patch_len, grow_global) for p in prompts]
         # the caches of the first prompt take in the rows of the others
         first, rest = pre[0], pre[1:]
         self.patcher, self.encoder = first.patcher, first.encoder
@@ -206,10 +205,7 @@ class IncrementalDecoder:
         self.patch_positions = torch.tensor(self.patches, device=device).unsqueeze(1)
         self.in_step = True  # no global step so far left a row behind
         if compile:
-            self.steps = [
-                fn if fn is global_step and not compile_global else compiled_step(fn, device, options)
-                for fn in STEPS
-            ]
+            self.steps = [compiled_step(fn, device, options) for fn in STEPS]
             for cache in (self.patcher.cache, self.encoder.kv, self.global_, self.decoder.kv):
                 if cache is not None:  # (no entropy model: no cache)
                     cache.prepare_decoding_weights()  # now, not in the first compiled step: traced once
@@ -258,6 +254,8 @@ class IncrementalDecoder:
             # while every global step closes a patch in every row, the rows' global caches advance together
             self.in_step = self.in_step and every
             if self.in_step:
+                if self.global_.static:  # its step changes no host state: buffers and bound grow here
+                    self.global_.reserve(max(self.patches) + 1)
                 latent = global_(model.global_transformer, patch, self.global_)  # [B, 1, Dg]
             else:
                 positions = self.patch_positions if every else self.patch_positions[index]

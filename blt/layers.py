@@ -89,17 +89,33 @@ class KVCache:
     changes from step to step), so ``torch.compile`` and CUDA graphs can capture it; each query then reads
     every slot through a mask (what the other mode's shortcuts avoid on the CPU). What the callers keep
     beside a static cache keeps one memory layout too (:func:`standard`): compiled code guards on strides.
+
+    ``grow`` (a static cache that is no ring): the buffers start small and double as the default cache's
+    do, but a step cannot grow them (it changes no host state): the caller calls :meth:`reserve` on the
+    host before it. A step then reads about as many slots as are filled, not ``max_len``; its shapes change
+    only when the buffers double, and their slot dimension is marked dynamic, so that compiled code serves
+    every size.
     """
 
-    def __init__(self, stack: Transformer, batch_size: int, max_len: int | None = None, static: bool = False):
+    def __init__(
+        self,
+        stack: Transformer,
+        batch_size: int,
+        max_len: int | None = None,
+        static: bool = False,
+        grow: bool = False,
+    ):
         config, ref = stack.config, stack.layers[0].attn.k_proj.weight
         self.window, self.rotary = config.window, stack.rotary
         if static and max_len is None:
-            raise ValueError("a static KV cache needs max_len (its buffers are allocated up front)")
+            raise ValueError("a static KV cache needs max_len (its buffers and rotations are made up front)")
+        if grow and not static:
+            raise ValueError("grow=True is for static caches (a default cache grows by itself)")
         self.static = static
         # a window that covers every position the rows will reach needs no ring
         self.ring = self.window is not None and (max_len is None or self.window < max_len)
-        self.size = self.window if self.ring else (max_len if static else 16)
+        self.grow = grow and not self.ring
+        self.size = self.window if self.ring else (max_len if static and not self.grow else 16)
         self.dtype = ref.dtype
         self.pos = torch.full((batch_size, self.size), EMPTY, dtype=torch.long, device=ref.device)
         self.rows = torch.arange(batch_size, device=ref.device).unsqueeze(1)  # [B, 1]
@@ -124,6 +140,7 @@ class KVCache:
         self.slots = self.mask = self.visible = None
         self.index = self.rows  # the rows the current forward continues [B or n, 1]
         self.in_place = True
+        self._mark_dynamic()
 
     @property
     def batch_size(self) -> int:
@@ -185,6 +202,23 @@ class KVCache:
                 torch.arange(max(2 * self.rot.shape[0], self.bound, 64), device=self.pos.device)
             )
 
+    def reserve(self, n: int) -> None:
+        """Room for positions below ``n`` in every row, made on the host before static steps, which change
+        no host state: growing buffers double, and ``bound`` (which a later forward of some rows reads)
+        keeps up with the steps."""
+        self.bound = max(self.bound, n)
+        self._reserve()
+
+    def _mark_dynamic(self) -> None:
+        """A growing cache's buffers: compiled code takes any number of slots (see ``grow``)."""
+        if self.grow:
+            from torch._dynamo import maybe_mark_dynamic
+
+            maybe_mark_dynamic(self.pos, 1)
+            for layer in self.layers:
+                maybe_mark_dynamic(layer.k, 2)
+                maybe_mark_dynamic(layer.v, 2)
+
     def _additive(self, seen: torch.Tensor) -> torch.Tensor:
         """A boolean mask as an additive one: SDPA's CPU kernel is faster with it than with the boolean."""
         return torch.where(seen, 0.0, float("-inf")).to(self.dtype)
@@ -241,6 +275,7 @@ class KVCache:
             layer.k, layer.v = F.pad(layer.k, (0, 0, 0, extra)), F.pad(layer.v, (0, 0, 0, extra))
         self.pos = F.pad(self.pos, (0, extra), value=EMPTY)
         self.size = size
+        self._mark_dynamic()
 
     def prepare_decoding_weights(self) -> None:
         """Make the layers' decoding weights now (see :meth:`LayerCache.decoding_weights`), not at the first
@@ -254,6 +289,7 @@ class KVCache:
         for layer in self.layers:
             layer.k, layer.v = layer.k[rows], layer.v[rows]
         self.pos, self.next, self.rows = self.pos[rows], self.next[rows], self.rows[: len(rows)]
+        self._mark_dynamic()
 
     def add_rows(self, others: list[KVCache]) -> None:
         """Append the rows of other caches of the same stack after this one's (prompts prefilled one by one
@@ -271,6 +307,7 @@ class KVCache:
         self.bound, self.filled = max(c.bound for c in caches), min(c.filled for c in caches)
         self.aligned = all(c.aligned and c.filled == self.filled for c in caches)
         self.rot = max((c.rot for c in caches), key=len)
+        self._mark_dynamic()
 
 
 def standard(x: torch.Tensor) -> torch.Tensor:
@@ -431,10 +468,12 @@ class Transformer(nn.Module):
         self.rotary = Rotary(config.head_dim, config.rope_theta)
         self.layers = nn.ModuleList(Block(config, backend) for _ in range(config.n_layers))
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None, static: bool = False) -> KVCache:
+    def new_cache(
+        self, batch_size: int = 1, max_len: int | None = None, static: bool = False, grow: bool = False
+    ) -> KVCache:
         """An empty cache for ``batch_size`` rows; ``max_len``: how long they may grow, if known (a window
-        that covers it needs no ring); ``static``: see :class:`KVCache`."""
-        return KVCache(self, batch_size, max_len, static)
+        that covers it needs no ring); ``static``, ``grow``: see :class:`KVCache`."""
+        return KVCache(self, batch_size, max_len, static, grow)
 
     def begin(
         self,

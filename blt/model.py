@@ -239,8 +239,10 @@ class GlobalTransformer(nn.Module):
         )
         self.transformer = Transformer(config, backend)
 
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None, static: bool = False) -> KVCache:
-        return self.transformer.new_cache(batch_size, max_len, static)
+    def new_cache(
+        self, batch_size: int = 1, max_len: int | None = None, static: bool = False, grow: bool = False
+    ) -> KVCache:
+        return self.transformer.new_cache(batch_size, max_len, static, grow)
 
     def forward(self, patches: torch.Tensor, positions=None, cache: KVCache | None = None, rows=None):
         """patches [B, P, D_enc * k] -> latent states [B, P, D_global] (``rows``: see Transformer.forward)."""

@@ -324,6 +324,24 @@ def test_static_caches_decode_the_same(patching):
         static.push(ids[:, 0])
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["static", "compiled"])
+def test_static_global_cache_after_rows_part(compile):
+    """Rows that close their patches together take static global steps (compiled: its cache grows), which
+    keep no host state; once the rows part, steps of some rows read the cache up to its bound, which must
+    have kept up with the steps before."""
+    model = tiny_blt(seed=4)
+    prompt = random_ids(1, 9, seed=2)[0]
+    dynamic = IncrementalDecoder(model, [prompt, prompt], max_new=60)
+    static = IncrementalDecoder(model, [prompt, prompt], max_new=60, static=True, compile=compile)
+    assert static.global_.grow == compile
+    for t in random_ids(1, 30, seed=5)[0].tolist():  # the same bytes: the rows close together
+        torch.testing.assert_close(static.push([t, t]), dynamic.push([t, t]), atol=1e-5, rtol=0)
+    assert static.in_step and max(static.patches) > 8
+    for t in random_ids(2, 25, seed=6).T.tolist():  # different bytes: the rows part
+        torch.testing.assert_close(static.push(t), dynamic.push(t), atol=1e-5, rtol=0)
+    assert not static.in_step
+
+
 def test_static_step_has_no_graph_break():
     """One decoding step of a stack with a static cache traces as one graph (torch.compile can take it)."""
     model = tiny_blt(seed=4)
