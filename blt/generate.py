@@ -86,12 +86,13 @@ def check_patches(model, n: int) -> None:
 # values), not on which cache object they get.
 
 
-def entropy_step(patcher: StreamingPatcher, x: torch.Tensor) -> torch.Tensor:
-    return patcher.feed(x, check=False)  # the ids were checked by push, before any cache changed
-
-
-def encoder_step(encoder, x: torch.Tensor, cache) -> torch.Tensor:
-    return encoder(x, cache=cache)
+def byte_step(
+    patcher: StreamingPatcher, encoder, x: torch.Tensor, cache
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new ids x [B, 1] through the entropy model and the local encoder (one compiled call, not two):
+    whether each ends its patch [B], and their byte states [B, 1, D]."""
+    patcher.feed(x, check=False)  # the ids were checked by push, before any cache changed
+    return patcher.next_starts(), encoder(x, cache=cache)
 
 
 def global_step(global_transformer, patch: torch.Tensor, cache) -> torch.Tensor:
@@ -102,7 +103,7 @@ def decoder_step(decoder, h: torch.Tensor, cache) -> torch.Tensor:
     return decoder(h, cache=cache)[:, -1]
 
 
-STEPS = (entropy_step, encoder_step, global_step, decoder_step)
+STEPS = (byte_step, global_step, decoder_step)
 # (function, device type, options) -> torch.compile's wrapper
 _compiled: dict[tuple[str, str, str], object] = {}
 
@@ -238,11 +239,10 @@ class IncrementalDecoder:
                 raise ValueError(f"this decoder was made for at most max_new={self.max_new} pushes per row")
             raise ValueError(f"a sequence would exceed the configured maximum sequence length {self.max_len}")
         x = tokens.unsqueeze(1)  # [B, 1]
-        entropy, encoder, global_, decoder = self.steps
-        # every cache but the global one continues its rows by one position
-        entropy(self.patcher, x)
-        closes = self.patcher.next_starts()  # [B] the new byte ends its patch
-        h = encoder(model.encoder, x, self.encoder)  # [B, 1, D]
+        byte, global_, decoder = self.steps
+        # every cache but the global one continues its rows by one position; closes [B]: the byte ends its
+        # patch, h [B, 1, D]
+        closes, h = byte(self.patcher, model.encoder, x, self.encoder)
         self.encoder.extend_open(h)
         closed = [r for r, c in enumerate(closes.tolist()) if c]
         if closed:
