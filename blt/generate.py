@@ -95,15 +95,17 @@ def byte_step(
     return patcher.next_starts(), encoder(x, cache=cache)
 
 
-def global_step(global_transformer, patch: torch.Tensor, cache) -> torch.Tensor:
-    return global_transformer(patch, cache=cache)
+def patch_step(model, patch: torch.Tensor, cache, decoder_cache) -> None:
+    """Every row's closed patch [B, 1, D * k] through the global transformer, whose output the local decoder
+    reads from the next byte on."""
+    model.decoder.read_patch(decoder_cache, model.global_transformer(patch, cache=cache))
 
 
 def decoder_step(decoder, h: torch.Tensor, cache) -> torch.Tensor:
     return decoder(h, cache=cache)[:, -1]
 
 
-STEPS = (byte_step, global_step, decoder_step)
+STEPS = (byte_step, patch_step, decoder_step)
 # (function, device type, options) -> torch.compile's wrapper
 _compiled: dict[tuple[str, str, str], object] = {}
 
@@ -239,7 +241,7 @@ class IncrementalDecoder:
                 raise ValueError(f"this decoder was made for at most max_new={self.max_new} pushes per row")
             raise ValueError(f"a sequence would exceed the configured maximum sequence length {self.max_len}")
         x = tokens.unsqueeze(1)  # [B, 1]
-        byte, global_, decoder = self.steps
+        byte, patch_step, decoder = self.steps
         # every cache but the global one continues its rows by one position; closes [B]: the byte ends its
         # patch, h [B, 1, D]
         closes, h = byte(self.patcher, model.encoder, x, self.encoder)
@@ -256,11 +258,11 @@ class IncrementalDecoder:
             if self.in_step:
                 if self.global_.static:  # its step changes no host state: buffers and bound grow here
                     self.global_.reserve(max(self.patches) + 1)
-                latent = global_(model.global_transformer, patch, self.global_)  # [B, 1, Dg]
+                patch_step(model, patch, self.global_, self.decoder)
             else:
                 positions = self.patch_positions if every else self.patch_positions[index]
                 latent = model.global_transformer(patch, positions, self.global_, rows=index)  # [n, 1, Dg]
-            model.decoder.read_patch(self.decoder, latent, index)
+                model.decoder.read_patch(self.decoder, latent, index)
             for r in closed:
                 self.patches[r] += 1
             self.patch_positions = self.patch_positions + closes.unsqueeze(1)
