@@ -95,9 +95,10 @@ def byte_step(
     return patcher.next_starts(), encoder(x, cache=cache)
 
 
-def patch_step(model, patch: torch.Tensor, cache, decoder_cache) -> None:
-    """Every row's closed patch [B, 1, D * k] through the global transformer, whose output the local decoder
-    reads from the next byte on."""
+def patch_step(model, encoder_cache, cache, decoder_cache) -> None:
+    """Every row's open patch, pooled, through the global transformer, whose output the local decoder reads
+    from the next byte on (the caller then closes the patches)."""
+    patch = model.encoder.open_patches(encoder_cache)  # [B, 1, D * k]
     model.decoder.read_patch(decoder_cache, model.global_transformer(patch, cache=cache))
 
 
@@ -251,15 +252,16 @@ class IncrementalDecoder:
             # the global transformer steps only the rows that closed a patch
             check_patches(model, max(self.patches[r] for r in closed) + 1)
             every = len(closed) == self.batch_size
-            index = None if every else torch.tensor(closed, device=device)
-            patch = model.encoder.close_patches(self.encoder, closed, index)  # [n, 1, D * k]
             # while every global step closes a patch in every row, the rows' global caches advance together
             self.in_step = self.in_step and every
             if self.in_step:
                 if self.global_.static:  # its step changes no host state: buffers and bound grow here
                     self.global_.reserve(max(self.patches) + 1)
-                patch_step(model, patch, self.global_, self.decoder)
+                patch_step(model, self.encoder, self.global_, self.decoder)
+                self.encoder.clear_open(closed)
             else:
+                index = None if every else torch.tensor(closed, device=device)
+                patch = model.encoder.close_patches(self.encoder, closed, index)  # [n, 1, D * k]
                 positions = self.patch_positions if every else self.patch_positions[index]
                 latent = model.global_transformer(patch, positions, self.global_, rows=index)  # [n, 1, Dg]
                 model.decoder.read_patch(self.decoder, latent, index)

@@ -229,6 +229,14 @@ class LocalEncoder(nn.Module):
         cache.clear_open(rows)
         return patch
 
+    def open_patches(self, cache: EncoderCache) -> torch.Tensor:
+        """Patch states [B, 1, D * k_rep] of every row's open patch, as :meth:`close_patches` makes them, but
+        read from the whole buffer through a mask: the same shapes at every byte (a compiled step), and the
+        patches stay open (:meth:`EncoderCache.clear_open` closes them)."""
+        states = cache.open  # [B, capacity, D]
+        outside = torch.arange(states.shape[1], device=states.device) >= cache.open_len.unsqueeze(1)
+        return self.patches(states, outside.long(), 1)  # outside bytes: id 1, no patch
+
 
 class GlobalTransformer(nn.Module):
     def __init__(self, config: TransformerConfig, input_dim: int, backend: str = "sdpa"):
