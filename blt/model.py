@@ -224,8 +224,7 @@ class LocalEncoder(nn.Module):
         if all(cache.open_lens[r] == width for r in rows):  # always so for one row
             patch = self.patches(states, None, 1)
         else:
-            outside = torch.arange(width, device=states.device) >= lengths.unsqueeze(1)  # [n, width]
-            patch = self.patches(states, outside.long(), 1)  # outside bytes: id 1, no patch
+            patch = self._pool_first(states, lengths)
         cache.clear_open(rows)
         return patch
 
@@ -233,8 +232,11 @@ class LocalEncoder(nn.Module):
         """Patch states [B, 1, D * k_rep] of every row's open patch, as :meth:`close_patches` makes them, but
         read from the whole buffer through a mask: the same shapes at every byte (a compiled step), and the
         patches stay open (:meth:`EncoderCache.clear_open` closes them)."""
-        states = cache.open  # [B, capacity, D]
-        outside = torch.arange(states.shape[1], device=states.device) >= cache.open_len.unsqueeze(1)
+        return self._pool_first(cache.open, cache.open_len)
+
+    def _pool_first(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """One patch [n, 1, D * k_rep] per row of the first ``lengths`` [n] of its byte states [n, W, D]."""
+        outside = torch.arange(states.shape[1], device=states.device) >= lengths.unsqueeze(1)  # [n, W]
         return self.patches(states, outside.long(), 1)  # outside bytes: id 1, no patch
 
 
