@@ -95,18 +95,25 @@ def byte_step(
     return patcher.next_starts(), encoder(x, cache=cache)
 
 
-def patch_step(model, encoder_cache, cache, decoder_cache) -> None:
-    """Every row's open patch, pooled, through the global transformer, whose output the local decoder reads
-    from the next byte on (the caller then closes the patches)."""
-    patch = model.encoder.open_patches(encoder_cache)  # [B, 1, D * k]
-    model.decoder.read_patch(decoder_cache, model.global_transformer(patch, cache=cache))
+def patch_step(model, encoder_cache, cache, decoder_cache, rows: torch.Tensor | None = None) -> None:
+    """Every row's open patch (``rows`` [n]: of those rows only), pooled, through the global transformer,
+    whose output the local decoder reads from the next byte on (the caller then closes the patches)."""
+    patch = model.encoder.open_patches(encoder_cache, rows)  # [B or n, 1, D * k]
+    latent = model.global_transformer(patch, cache=cache, rows=rows)  # [B or n, 1, Dg]
+    model.decoder.read_patch(decoder_cache, latent, rows)
+
+
+def rows_step(model, encoder_cache, cache, decoder_cache, rows: torch.Tensor) -> None:
+    """:func:`patch_step` of some rows: compiled apart from the step of every row (its own graphs, for
+    every number of rows, do not count against that step's recompile limit)."""
+    patch_step(model, encoder_cache, cache, decoder_cache, rows)
 
 
 def decoder_step(decoder, h: torch.Tensor, cache) -> torch.Tensor:
     return decoder(h, cache=cache)[:, -1]
 
 
-STEPS = (byte_step, patch_step, decoder_step)
+STEPS = (byte_step, patch_step, rows_step, decoder_step)
 # (function, device type, options) -> torch.compile's wrapper
 _compiled: dict[tuple[str, str, str], object] = {}
 
@@ -144,13 +151,13 @@ class IncrementalDecoder:
     that continues every row has the same shapes at every step, which torch.compile and CUDA graphs need;
     on the CPU the default caches are faster (they attend only to the slots that are filled).
 
-    ``compile``: True runs each step's fixed-shape calls (the entropy model, the local encoder and decoder,
-    and the global transformer when every row closes a patch) under ``torch.compile`` with
-    :func:`compile_options`, and the caches static; a dict gives torch.compile's arguments instead (say
-    ``{"backend": "eager"}``: dynamo's tracing alone). The first decoder of a model compiles (tens of
-    seconds on a CPU; Inductor's cache on disk shortens it in later processes); later decoders of the same
-    shapes reuse the code (cache sizes are rounded up to a power of two for that), and it reads the
-    model's weights as they are at each step.
+    ``compile``: True runs each step (the entropy model with the local encoder, the global transformer with
+    the pooling before it, of every row or of the rows that close a patch, the local decoder) under
+    ``torch.compile`` with :func:`compile_options`, and the caches static; a dict gives torch.compile's
+    arguments instead (say ``{"backend": "eager"}``: dynamo's tracing alone). The first decoder of a model
+    compiles (tens of seconds on a CPU; Inductor's cache on disk shortens it in later processes); later
+    decoders of the same shapes reuse the code (cache sizes are rounded up to a power of two for that), and
+    it reads the model's weights as they are at each step.
     """
 
     @torch.inference_mode()
@@ -205,9 +212,6 @@ class IncrementalDecoder:
         device = self.logits.device
         self.lengths = [p.numel() for p in prompts]  # ids fed per row
         self.patches = [p.patches for p in pre]  # closed patches per row (entries in the global cache)
-        # [B, 1] position of each row's next patch in the global cache
-        self.patch_positions = torch.tensor(self.patches, device=device).unsqueeze(1)
-        self.in_step = True  # no global step so far left a row behind
         if compile:
             self.steps = [compiled_step(fn, device, options) for fn in STEPS]
             for cache in (self.patcher.cache, self.encoder.kv, self.global_, self.decoder.kv):
@@ -242,7 +246,7 @@ class IncrementalDecoder:
                 raise ValueError(f"this decoder was made for at most max_new={self.max_new} pushes per row")
             raise ValueError(f"a sequence would exceed the configured maximum sequence length {self.max_len}")
         x = tokens.unsqueeze(1)  # [B, 1]
-        byte, patch_step, decoder = self.steps
+        byte, patch_step, rows_step, decoder = self.steps
         # every cache but the global one continues its rows by one position; closes [B]: the byte ends its
         # patch, h [B, 1, D]
         closes, h = byte(self.patcher, model.encoder, x, self.encoder)
@@ -251,23 +255,15 @@ class IncrementalDecoder:
         if closed:
             # the global transformer steps only the rows that closed a patch
             check_patches(model, max(self.patches[r] for r in closed) + 1)
-            every = len(closed) == self.batch_size
-            # while every global step closes a patch in every row, the rows' global caches advance together
-            self.in_step = self.in_step and every
-            if self.in_step:
-                if self.global_.static:  # its step changes no host state: buffers and bound grow here
-                    self.global_.reserve(max(self.patches) + 1)
+            if self.global_.static:  # its steps change no host state: buffers and bound grow here
+                self.global_.reserve(max(self.patches[r] for r in closed) + 1)
+            if len(closed) == self.batch_size:
                 patch_step(model, self.encoder, self.global_, self.decoder)
-                self.encoder.clear_open(closed)
             else:
-                index = None if every else torch.tensor(closed, device=device)
-                patch = model.encoder.close_patches(self.encoder, closed, index)  # [n, 1, D * k]
-                positions = self.patch_positions if every else self.patch_positions[index]
-                latent = model.global_transformer(patch, positions, self.global_, rows=index)  # [n, 1, Dg]
-                model.decoder.read_patch(self.decoder, latent, index)
+                rows_step(model, self.encoder, self.global_, self.decoder, torch.tensor(closed, device=device))
+            self.encoder.clear_open(closed)
             for r in closed:
                 self.patches[r] += 1
-            self.patch_positions = self.patch_positions + closes.unsqueeze(1)
         self.logits = decoder(model.decoder, h, self.decoder)
         self.lengths = [n + 1 for n in self.lengths]
         return self.logits
@@ -277,7 +273,7 @@ class IncrementalDecoder:
         index = torch.tensor(rows, device=self.logits.device)
         for cache in (self.patcher, self.encoder, self.global_, self.decoder):
             cache.select(index)
-        self.logits, self.patch_positions = self.logits[index], self.patch_positions[index]
+        self.logits = self.logits[index]
         self.lengths = [self.lengths[r] for r in rows]
         self.patches = [self.patches[r] for r in rows]
 

@@ -148,7 +148,7 @@ class KVCache:
 
     def prepare(self, T: int, positions: torch.Tensor | None = None, rows: torch.Tensor | None = None):
         """Claim the slots of T new positions per row: ``positions`` [B, T], or None to continue every row.
-        ``rows`` [n]: only these rows continue (``positions`` then [n, T], and given).
+        ``rows`` [n]: only these rows continue (``positions`` then [n, T], or None for one position each).
 
         Returns the positions [B or n, T] and their rotations [B or n, T, 1, Dh/2].
         """
@@ -237,20 +237,35 @@ class KVCache:
             self.visible = self.filled
         return positions, self.rot[p : p + 1].unsqueeze(0)  # [1, 1, 1, Dh/2]
 
-    def _static_step(self):
-        """prepare() of one position per row in a static cache: tensor operations only."""
-        positions = self.next.unsqueeze(1).clone()  # [B, 1]
-        self.next.add_(1)  # in place, as every write of a step: a captured graph replays into the same memory
+    def _static_step(self, rows: torch.Tensor | None = None):
+        """prepare() of one position per row (``rows`` [n]: of those rows) in a static cache: tensor
+        operations only, whatever the rows hold."""
+        if rows is None:
+            positions = self.next.unsqueeze(1).clone()  # [B, 1]
+            self.next.add_(1)  # in place, as every write of a step: a graph replays into the same memory
+            keys = self.pos
+        else:
+            self.index = rows.unsqueeze(1)  # [n, 1]
+            positions = self.next[self.index]  # [n, 1]
+            self.next.index_copy_(0, rows, positions[:, 0] + 1)
         self.slots = positions % self.size if self.ring else positions
-        self.pos.scatter_(1, self.slots, positions)
+        self.pos[self.index, self.slots] = positions
+        if rows is not None:
+            keys = self.pos[rows]  # [n, S]
         self.in_place, self.visible = True, None
-        self.mask = self._additive(attention_mask(positions, self.pos, self.window))  # [B, 1, 1, S]
+        self.mask = self._additive(attention_mask(positions, keys, self.window))  # [B or n, 1, 1, S]
         return positions, self.rot[positions]
 
-    def _prepare_rows(self, T: int, positions: torch.Tensor, rows: torch.Tensor):
+    def _prepare_rows(self, T: int, positions: torch.Tensor | None, rows: torch.Tensor):
         """prepare() for some rows only: their keys are gathered (up to ``bound``), so a mask always decides
-        what they see."""
-        if positions is None or positions.shape[0] != rows.shape[0]:
+        what they see. ``positions`` None: one position per row, continuing each."""
+        if positions is None:
+            if T != 1:
+                raise ValueError("continuing some rows of a KV cache by more than one position takes positions")
+            if self.static:
+                return self._static_step(rows)
+            positions = self.next[rows].unsqueeze(1)  # [n, 1]
+        if positions.shape[0] != rows.shape[0]:
             raise ValueError("continuing some rows of a KV cache takes their positions [n, T]")
         if self.ring and T > 1:
             raise ValueError("continuing some rows of a windowed KV cache takes one position per row")
@@ -488,8 +503,8 @@ class Transformer(nn.Module):
         whether the positions step by one: the default ones do, given ones when ``consecutive`` says so)."""
         B, T, _ = x.shape
         if rows is not None:
-            if cache is None or positions is None or rows.shape[0] != B:
-                raise ValueError("rows [n] continue n rows of a KV cache at given positions [n, T]")
+            if cache is None or rows.shape[0] != B:
+                raise ValueError("rows [n] continue n rows of a KV cache (x [n, T, dim])")
             return (*cache.prepare(T, positions, rows), cache.layers, False)
         if cache is None:
             consecutive = consecutive or positions is None
@@ -515,7 +530,8 @@ class Transformer(nn.Module):
         """x: [B, T, dim]; positions: [T] or [B, T] (default 0..T-1, or continuing every row of the cache).
 
         With ``cache`` the input continues what the cache holds and is added to it; with ``rows`` [n] too, x
-        [n, T, dim] continues only those rows of the cache, at ``positions`` [n, T]. ``consecutive``: the
+        [n, T, dim] continues only those rows of the cache, at ``positions`` [n, T] (default, for T = 1: each
+        row's next). ``consecutive``: the
         given positions step by one from each element to the next (restarting at segment starts), which
         lets a windowed stack attend in memory linear in T (:func:`blt.attention.causal_attention`).
         """

@@ -17,7 +17,7 @@ boundaries at t depend only on bytes before t, so the logits at t never change w
 
 Every part also decodes: its forward takes a cache (``new_cache``) and then continues the cached rows, each
 at its own position. Next to the KV caches, :class:`EncoderCache` keeps the ids the hash n-grams reach back
-to and the byte states of each row's open patch (:meth:`LocalEncoder.close_patches` pools them), and
+to and the byte states of each row's open patch (:meth:`LocalEncoder.open_patches` pools them), and
 :class:`DecoderCache` the cross-attention keys/values of each row's latest closed patch
 (:meth:`LocalDecoder.read_patch`). :mod:`blt.generate` runs the decoding loop over them.
 """
@@ -214,28 +214,16 @@ class LocalEncoder(nn.Module):
         out = self.cross_attn_layers[-1](queries, h, attend)
         return out.reshape(B, num_patches, D * self.k_rep)
 
-    def close_patches(self, cache: EncoderCache, rows: list[int], index: torch.Tensor | None = None):
-        """Close the open patch of rows ``rows`` (``index``: the same as a tensor, None: every row) and
-        return their patch states [n, 1, D * k_rep]."""
-        width = max(cache.open_lens[r] for r in rows)
-        states, lengths = cache.open[:, :width], cache.open_len
-        if index is not None:
-            states, lengths = states.index_select(0, index), lengths.index_select(0, index)
-        if all(cache.open_lens[r] == width for r in rows):  # always so for one row
-            patch = self.patches(states, None, 1)
-        else:
-            patch = self._pool_first(states, lengths)
-        cache.clear_open(rows)
-        return patch
-
-    def open_patches(self, cache: EncoderCache) -> torch.Tensor:
-        """Patch states [B, 1, D * k_rep] of every row's open patch, as :meth:`close_patches` makes them, but
-        read from the whole buffer through a mask: the same shapes at every byte (a compiled step), and the
+    def open_patches(self, cache: EncoderCache, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch states [B, 1, D * k_rep] of every row's open patch (``rows`` [n]: of those rows, [n, 1, ..]),
+        as :meth:`patches` makes them from the bytes of the patch alone, read through a mask; a static
+        cache reads its whole buffer, so that a compiled step has the same shapes at every byte. The
         patches stay open (:meth:`EncoderCache.clear_open` closes them)."""
-        return self._pool_first(cache.open, cache.open_len)
-
-    def _pool_first(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """One patch [n, 1, D * k_rep] per row of the first ``lengths`` [n] of its byte states [n, W, D]."""
+        states, lengths = cache.open, cache.open_len
+        if not cache.kv.static:  # slots past the longest open patch hold nothing
+            states = states[:, : max(cache.open_lens)]
+        if rows is not None:
+            states, lengths = states.index_select(0, rows), lengths.index_select(0, rows)
         outside = torch.arange(states.shape[1], device=states.device) >= lengths.unsqueeze(1)  # [n, W]
         return self.patches(states, outside.long(), 1)  # outside bytes: id 1, no patch
 

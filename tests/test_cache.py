@@ -149,8 +149,9 @@ def test_encoder_open_patch_pools_like_the_forward():
         for p, (start, end) in enumerate([(0, 1), (1, 5), (5, 11), (11, 20)]):
             cache.extend_open(h[:, start:end])
             torch.testing.assert_close(
-                model.encoder.close_patches(cache, [0])[:, 0], expected[:, p], atol=1e-5, rtol=1e-5
+                model.encoder.open_patches(cache)[:, 0], expected[:, p], atol=1e-5, rtol=1e-5
             )
+            cache.clear_open([0])
             assert cache.open_lens == [0]
 
 
