@@ -260,7 +260,8 @@ class IncrementalDecoder:
             if len(closed) == self.batch_size:
                 patch_step(model, self.encoder, self.global_, self.decoder)
             else:
-                rows_step(model, self.encoder, self.global_, self.decoder, torch.tensor(closed, device=device))
+                rows = torch.tensor(closed, device=device)
+                rows_step(model, self.encoder, self.global_, self.decoder, rows)
             self.encoder.clear_open(closed)
             for r in closed:
                 self.patches[r] += 1

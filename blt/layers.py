@@ -261,7 +261,9 @@ class KVCache:
         what they see. ``positions`` None: one position per row, continuing each."""
         if positions is None:
             if T != 1:
-                raise ValueError("continuing some rows of a KV cache by more than one position takes positions")
+                raise ValueError(
+                    "continuing some rows of a KV cache by more than one position takes positions"
+                )
             if self.static:
                 return self._static_step(rows)
             positions = self.next[rows].unsqueeze(1)  # [n, 1]
