@@ -52,12 +52,27 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._table: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # see table()
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions [T] or [B, T] -> rotations [T, 1, D/2] or [B, T, 1, D/2] (complex64, broadcast over
         heads): cos + i sin of every pair's angle."""
         freqs = positions.float().unsqueeze(-1) * self.inv_freq  # [.., T, D/2]
         return torch.complex(freqs.cos(), freqs.sin()).unsqueeze(-2)
+
+    def table(self, n: int) -> torch.Tensor:
+        """Rotations [n, 1, D/2] of positions 0 .. n - 1, for KV caches to index: made once per length
+        and device and shared by every cache of the stack (a static cache needs all ``max_seq_len`` of
+        them, which took a tenth of a second for each stack of each prompt of a batched generation)."""
+        made_from, table = self._table
+        # model.to() replaces the frequencies (device, dtype): the table follows them
+        if made_from is not self.inv_freq or table.shape[0] < n:
+            # an ordinary tensor even when made under inference mode: caches made later, in any mode,
+            # share it (only ever read)
+            with torch.inference_mode(False), torch.no_grad():
+                table = self(torch.arange(n, device=self.inv_freq.device))
+            self._table = (self.inv_freq, table)
+        return table[:n]
 
 
 def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
@@ -124,8 +139,7 @@ class KVCache:
         )  # [B] each row's next position
         # rotations [n, 1, Dh/2] of positions 0..n-1, grown on demand; static: all of them now, for every
         # position the stack takes, so that a compiled step's shapes do not depend on max_len
-        n = max(max_len, config.max_seq_len) if static else 0
-        self.rot = self.rotary(torch.arange(n, device=ref.device))
+        self.rot = self.rotary.table(max(max_len, config.max_seq_len) if static else 0)
         # host-side bounds, so that growing and dropping the mask need no sync: the next forward writes no
         # position at or past ``bound`` + its length; every row holds at least ``filled`` consecutive
         # positions ending at its latest; ``aligned``: every row holds exactly positions 0 .. filled - 1
@@ -198,9 +212,7 @@ class KVCache:
         if not self.ring and self.bound > self.size:
             self._grow(max(2 * self.size, self.bound))
         if self.bound > self.rot.shape[0]:
-            self.rot = self.rotary(
-                torch.arange(max(2 * self.rot.shape[0], self.bound, 64), device=self.pos.device)
-            )
+            self.rot = self.rotary.table(max(2 * self.rot.shape[0], self.bound, 64))
 
     def reserve(self, n: int) -> None:
         """Room for positions below ``n`` in every row, made on the host before static steps, which change
@@ -383,11 +395,38 @@ class LayerCache:
         [B or n, H, T, Dh] to what the cache then holds (of their rows) -> [B or n, H, T, Dh]."""
         cache = self.cache
         keys, values = self.update(k, v)
-        if cache.index is not cache.rows:  # some rows only: theirs
-            rows = cache.index[:, 0]
+        rows = None if cache.index is cache.rows else cache.index[:, 0]  # some rows only: theirs
+        if q.shape[2] == 1 and torch.compiler.is_compiling():
+            return one_query_attention(q, keys, values, cache.mask, rows)
+        if rows is not None:
             keys, values = keys.index_select(0, rows), values.index_select(0, rows)
         gqa = keys.shape[1] != q.shape[1]
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask, enable_gqa=gqa)
+
+
+def one_query_attention(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Attention of one query per row, q [n, H, 1, D], to keys/values [B, Hkv, S, D] (``rows`` [n]: of
+    those batch rows, else n = B) with an additive mask [n, 1, 1, S]: SDPA's, written out for compiled
+    decoding steps. Inductor fuses the products, the mask and the softmax into one loop nest per layer
+    that reads the keys and values once, straight from the cache (no gathered copy of the rows); its
+    SDPA call at one query took 1.3-1.9x as long (docs/BENCHMARKS.md, "Compiled decoding", 2026-12-07).
+    Eager code keeps SDPA: written out, it would be several kernels instead of one."""
+    if rows is not None:
+        keys, values = keys[rows], values[rows]
+    n, H, _, D = q.shape
+    Hkv = keys.shape[1]
+    q = q.float().view(n, Hkv, H // Hkv, D)  # the query heads of each key head, side by side
+    scores = (q @ keys.float().transpose(-1, -2)) * D**-0.5  # [n, Hkv, H / Hkv, S]
+    if mask is not None:
+        scores = scores + mask
+    out = torch.softmax(scores, dim=-1) @ values.float()  # [n, Hkv, H / Hkv, D]
+    return out.to(values.dtype).view(n, H, 1, D)
 
 
 def _inputs_first(*linears: nn.Linear) -> torch.Tensor:

@@ -114,6 +114,51 @@ def test_some_rows_step_alone():
         torch.testing.assert_close(out, full[:1, 6:9], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_query_attention_equals_sdpa(kv_heads, dtype):
+    """The attention that compiled decoding steps write out (one query per row, some rows of the cache,
+    grouped heads, an additive mask) gives SDPA's result on the rows gathered."""
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(2, 4, 1, 16, generator=g).to(dtype)
+    keys, values = (torch.randn(5, kv_heads, 12, 16, generator=g).to(dtype) for _ in range(2))
+    seen = torch.rand(2, 1, 1, 12, generator=g) < 0.6
+    seen[..., 0] = True  # every query sees at least one key, as its own always is
+    mask = torch.where(seen, 0.0, float("-inf")).to(dtype)
+    rows = torch.tensor([3, 1])
+    out = layers.one_query_attention(q, keys, values, mask, rows)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), keys[rows].float(), values[rows].float(), attn_mask=mask.float(), enable_gqa=kv_heads != 4
+    )
+    assert out.dtype == dtype and out.shape == (2, 4, 1, 16)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=tolerance)
+    every = layers.one_query_attention(q, keys[:2], values[:2], mask)  # every row, no gather
+    torch.testing.assert_close(
+        every.float(),
+        torch.nn.functional.scaled_dot_product_attention(
+            q.float(), keys[:2].float(), values[:2].float(), attn_mask=mask.float(), enable_gqa=kv_heads != 4
+        ),
+        atol=tolerance,
+        rtol=tolerance,
+    )
+
+
+def test_rotary_table_is_shared_and_follows_the_frequencies():
+    """KV caches index one rotation table per stack, made once and longer on demand; moving the module
+    (new frequencies) remakes it, and one made under inference mode serves caches made outside it."""
+    rotary = layers.Rotary(8, 10000.0)
+    with torch.inference_mode():
+        first = rotary.table(6)
+    assert not first.is_inference()
+    torch.testing.assert_close(first, rotary(torch.arange(6)), atol=0, rtol=0)
+    assert rotary.table(4).data_ptr() == first.data_ptr()  # a view of the same table
+    longer = rotary.table(10)
+    assert longer.shape[0] == 10 and torch.equal(longer[:6], first)
+    rotary.to(torch.float64)
+    torch.testing.assert_close(rotary.table(10), rotary(torch.arange(10)), atol=0, rtol=0)
+
+
 def test_cache_errors():
     model = tiny_lm()
     cache = model.new_cache(batch_size=2)
