@@ -61,9 +61,10 @@ class Rotary(nn.Module):
         return torch.complex(freqs.cos(), freqs.sin()).unsqueeze(-2)
 
     def table(self, n: int) -> torch.Tensor:
-        """Rotations [n, 1, D/2] of positions 0 .. n - 1, for KV caches to index: made once per length
-        and device and shared by every cache of the stack (a static cache needs all ``max_seq_len`` of
-        them, which took a tenth of a second for each stack of each prompt of a batched generation)."""
+        """Rotations [n, 1, D/2] of positions 0 .. n - 1, for KV caches to index: one table shared by
+        every cache of the stack, made again only for a longer n or new frequencies (a static cache needs
+        all ``max_seq_len`` of them, which took a tenth of a second for each stack of each prompt of a
+        batched generation when every cache made its own)."""
         made_from, table = self._table
         # model.to() replaces the frequencies (device, dtype): the table follows them
         if made_from is not self.inv_freq or table.shape[0] < n:
