@@ -29,6 +29,8 @@ EMPTY = 1 << 62  # position of a KV cache slot that holds nothing: no query ever
 # [in, out] weight about twice as fast as the [out, in] one of nn.Linear (measured on the CPU, weights out of
 # L2). Bigger stacks would double their memory for it.
 FUSE_LIMIT = 1 << 24
+# A growing static KV cache (see KVCache's ``grow``) adds 1/GROWTH of its slots, rounded up to GROWTH_BLOCK
+GROWTH, GROWTH_BLOCK = 8, 64
 
 
 class RMSNorm(nn.Module):
@@ -106,11 +108,11 @@ class KVCache:
     every slot through a mask (what the other mode's shortcuts avoid on the CPU). What the callers keep
     beside a static cache keeps one memory layout too (:func:`standard`): compiled code guards on strides.
 
-    ``grow`` (a static cache that is no ring): the buffers start small and double as the default cache's
-    do, but a step cannot grow them (it changes no host state): the caller calls :meth:`reserve` on the
-    host before it. A step then reads about as many slots as are filled, not ``max_len``; its shapes change
-    only when the buffers double, and their slot dimension is marked dynamic, so that compiled code serves
-    every size.
+    ``grow`` (a static cache that is no ring): the buffers start small and grow by an eighth (the default
+    cache's double), but a step cannot grow them (it changes no host state): the caller calls
+    :meth:`reserve` on the host before it. A step then reads about as many slots as are filled, not
+    ``max_len``; its shapes change only when the buffers grow, and their slot dimension is marked dynamic,
+    so that compiled code serves every size.
     """
 
     def __init__(
@@ -211,13 +213,20 @@ class KVCache:
     def _reserve(self) -> None:
         """Slots (a buffer that is no ring grows) and rotations for every position below ``bound``."""
         if not self.ring and self.bound > self.size:
-            self._grow(max(2 * self.size, self.bound))
+            if self.grow:
+                # every step reads a growing static cache whole, so it grows by an eighth (in whole blocks of
+                # slots, which vectorized loops take without remainders): at thousands of patches the empty
+                # slots of a doubled buffer would be most of what a global step reads
+                size = max(self.size + self.size // GROWTH, self.bound)
+                self._grow(-(-size // GROWTH_BLOCK) * GROWTH_BLOCK)
+            else:  # a default cache attends only to its filled slots, and doubles: fewest copies
+                self._grow(max(2 * self.size, self.bound))
         if self.bound > self.rot.shape[0]:
             self.rot = self.rotary.table(max(2 * self.rot.shape[0], self.bound, 64))
 
     def reserve(self, n: int) -> None:
         """Room for positions below ``n`` in every row, made on the host before static steps, which change
-        no host state: growing buffers double, and ``bound`` (which a later forward of some rows reads)
+        no host state: a growing cache grows, and ``bound`` (which a later forward of some rows reads)
         keeps up with the steps."""
         self.bound = max(self.bound, n)
         self._reserve()

@@ -75,7 +75,7 @@ def test_static_patching_compiles_once_and_keeps_the_push_limit():
 
 def test_global_cache_grows_without_recompiling(model):
     """On the CPU the global transformer's static cache grows: its compiled step reads about the slots that
-    are filled (not the patches max_len allows), and one graph serves every size its buffers double to."""
+    are filled (not the patches max_len allows), and one graph serves every size its buffers grow to."""
     prompt = random_ids(1, 10, seed=7)[0]
     eager = model.generate(prompt, 150, temperature=0.0)
     torch._dynamo.reset()
@@ -86,9 +86,10 @@ def test_global_cache_grows_without_recompiling(model):
     for t in range(n - 1):
         state.push([int(eager[t])])
         sizes.add(state.global_.size)
-        assert state.global_.size < 2 * max(state.patches) + 32  # about the patches held
+        # about the patches held: an eighth more, rounded up to a block of 64 slots
+        assert state.global_.size <= max(state.patches) * 9 // 8 + 64
     assert torch.equal(state.logits.argmax(-1), eager[n - 1 :])
-    assert len(sizes) >= 3 and graphs() == 3  # it doubled at least twice, traced once
+    assert len(sizes) >= 3 and graphs() == 3  # it grew at least twice, traced once
 
 
 def test_compiled_steps_read_the_live_weights():
