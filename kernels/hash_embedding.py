@@ -49,10 +49,17 @@ def table_rows(
                     yield torch.remainder(h, hash_vocab) + (f * len(sizes) + i) * hash_vocab
 
 
-@functools.cache
 def _coefficients(ngram_sizes: tuple[int, ...], n_functions: int, hash_vocab: int, device: torch.device):
     """Powers [N, n_tables] such that window @ powers is every table's hash, N = the longest n-gram, where
-    window column c holds ids[t - N + 1 + c]; and each table's first row in the concatenated table."""
+    window column c holds ids[t - N + 1 + c]; and each table's first row in the concatenated table.
+    Made once per spec and device in eager code; compiled code traces them into constants once (dynamo
+    would ignore a cache and warn that it does)."""
+    if torch.compiler.is_compiling():
+        return _make_coefficients(ngram_sizes, n_functions, hash_vocab, device)
+    return _cached_coefficients(ngram_sizes, n_functions, hash_vocab, device)
+
+
+def _make_coefficients(ngram_sizes: tuple[int, ...], n_functions: int, hash_vocab: int, device: torch.device):
     N = max(ngram_sizes)
     powers = [
         [wrap_int64(prime ** (c - N + n)) if c >= N - n else 0 for c in range(N)]
@@ -61,6 +68,9 @@ def _coefficients(ngram_sizes: tuple[int, ...], n_functions: int, hash_vocab: in
     ]
     offsets = torch.arange(len(powers), device=device) * hash_vocab
     return torch.tensor(powers, dtype=torch.long, device=device).T.contiguous(), offsets
+
+
+_cached_coefficients = functools.cache(_make_coefficients)
 
 
 def _short_embedding(ids, byte_weight, hash_weight, ngram_sizes, n_functions, hash_vocab) -> torch.Tensor:

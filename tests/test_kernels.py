@@ -6,6 +6,7 @@ The Triton kernels are checked by tests/test_kernels_triton.py (a subprocess und
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -76,6 +77,23 @@ def test_hash_embedding_of_short_inputs_is_bit_exact(sizes, n_functions, B, T):
         out = kernels.hash_embedding(ids, bw, hw, sizes, n_functions, 31)
     assert B * T <= SHORT_POSITIONS
     assert torch.equal(out, patch_ops.hash_embedding(ids, bw, hw, sizes, n_functions, 31))
+
+
+def test_hash_embedding_of_short_inputs_compiles_without_warnings(monkeypatch):
+    """Compiled decoding steps trace the short path: its coefficients become constants of the graph, with
+    no cache call for dynamo to warn about (it ignores such caches), and the result stays exact."""
+    import torch._dynamo.utils as dynamo_utils
+
+    monkeypatch.setattr(dynamo_utils, "warn_once_cache", set())  # a warning given before would be silent
+    ids = torch.randint(0, 260, (2, 8), generator=torch.Generator().manual_seed(5))
+    bw, hw = torch.randn(260, 16), torch.randn(6 * 31, 16)
+    embed = torch.compile(kernels.hash_embedding, backend="eager", fullgraph=True)
+    torch._dynamo.reset()
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = embed(ids, bw, hw, [3, 4, 5, 6, 7, 8], 1, 31)
+    assert [str(w.message) for w in caught] == []
+    assert torch.equal(out, patch_ops.hash_embedding(ids, bw, hw, [3, 4, 5, 6, 7, 8], 1, 31))
 
 
 def test_hash_embedding_bad_inputs():
