@@ -154,7 +154,8 @@ def decode_steps(
     taken = inspect.signature(IncrementalDecoder).parameters
     options = {"max_new": steps, **({"compile": True} if compile else {})}
     state = IncrementalDecoder(model, [ids], **{k: v for k, v in options.items() if k in taken})
-    before = list(getattr(state, "patches", [0]))[0]
+    counts = hasattr(state, "patches")  # closed patches per row
+    before = state.patches[0] if counts else None
     token = state.logits.argmax(-1).tolist()
 
     def run():
@@ -163,8 +164,7 @@ def decode_steps(
             token = state.push(token).argmax(-1).tolist()
 
     _, seconds = timed(run)
-    after = getattr(state, "patches", None)
-    return steps / seconds, None if after is None else list(after)[0] - before
+    return steps / seconds, state.patches[0] - before if counts else None
 
 
 def worker(args) -> None:

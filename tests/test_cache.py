@@ -126,22 +126,17 @@ def test_one_query_attention_equals_sdpa(kv_heads, dtype):
     seen[..., 0] = True  # every query sees at least one key, as its own always is
     mask = torch.where(seen, 0.0, float("-inf")).to(dtype)
     rows = torch.tensor([3, 1])
-    out = layers.one_query_attention(q, keys, values, mask, rows)
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        q.float(), keys[rows].float(), values[rows].float(), attn_mask=mask.float(), enable_gqa=kv_heads != 4
-    )
-    assert out.dtype == dtype and out.shape == (2, 4, 1, 16)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=tolerance)
-    every = layers.one_query_attention(q, keys[:2], values[:2], mask)  # every row, no gather
-    torch.testing.assert_close(
-        every.float(),
-        torch.nn.functional.scaled_dot_product_attention(
-            q.float(), keys[:2].float(), values[:2].float(), attn_mask=mask.float(), enable_gqa=kv_heads != 4
-        ),
-        atol=tolerance,
-        rtol=tolerance,
-    )
+
+    def check(out, k, v):
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), attn_mask=mask.float(), enable_gqa=kv_heads != 4
+        )
+        assert out.dtype == dtype and out.shape == (2, 4, 1, 16)
+        torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=tolerance)
+
+    check(layers.one_query_attention(q, keys, values, mask, rows), keys[rows], values[rows])
+    check(layers.one_query_attention(q, keys[:2], values[:2], mask), keys[:2], values[:2])  # every row
 
 
 def test_rotary_table_is_shared_and_follows_the_frequencies():
